@@ -1,0 +1,220 @@
+package retry
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/bulwark-go/bulwark"
+)
+
+// Loop drives the attempts of one call under a [Policy], for adapters that
+// must run code of their own between attempts — close a response, rewind a
+// request body — or that cannot afford a closure per call. [Policy.Do] is
+// built on it:
+//
+//	l := p.Begin(ctx)
+//	for {
+//		actx, cancel := l.Context()
+//		err := call(actx)
+//		cancel()
+//		if !l.Next(err) {
+//			return l.Err()
+//		}
+//	}
+//
+// Next is Decide followed by Wait. Call them separately to act on the decision
+// before waiting, e.g. to keep the last response when no retry follows and to
+// drain it when one does:
+//
+//	if !l.Decide(err) {
+//		return resp, l.Err() // the call is over
+//	}
+//	drain(resp) // a retry follows: free the connection before waiting
+//	if !l.Wait() {
+//		return nil, l.Err() // the context ended during the wait
+//	}
+//	rewind(req)
+//
+// A Loop is a small value meant to live in a local variable of one goroutine;
+// it does not allocate until an attempt fails (and, under
+// [WithAttemptTimeout], for each attempt context). Do not copy a Loop once it
+// is in use.
+type Loop struct {
+	p       *Policy
+	ctx     context.Context
+	bo      backoff.BackOff
+	last    error // the last attempt's error
+	err     error // the call's result, set when the loop is done
+	start   time.Time
+	delay   time.Duration
+	attempt int
+	state   uint8
+}
+
+const (
+	stateAttempt uint8 = iota // an attempt runs; Decide is next
+	stateWait                 // Decide chose a retry; Wait is next
+	stateDone
+)
+
+// Begin starts a call under the policy: the first attempt may run at once.
+func (p *Policy) Begin(ctx context.Context) Loop {
+	p.attempts.Inc()
+	return Loop{p: p, ctx: ctx, attempt: 1}
+}
+
+func noCancel() {}
+
+// Context returns the context for the current attempt and the function that
+// releases it, to be called once the attempt's result has been consumed (for
+// HTTP, after the response body is closed). Without [WithAttemptTimeout] it is
+// the call's context and a no-op.
+func (l *Loop) Context() (context.Context, context.CancelFunc) {
+	if l.p.attemptTimeout <= 0 {
+		return l.ctx, noCancel
+	}
+	return context.WithTimeout(l.ctx, l.p.attemptTimeout)
+}
+
+// Attempt returns the number of the current attempt, 1 for the first call.
+func (l *Loop) Attempt() int { return l.attempt }
+
+// Delay returns the wait chosen by the last Decide that returned true.
+func (l *Loop) Delay() time.Duration { return l.delay }
+
+// Err returns the call's result once the loop is over: nil when an attempt
+// succeeded, an [*Error] otherwise. Before that it returns nil.
+func (l *Loop) Err() error { return l.err }
+
+// Next records the outcome of the current attempt, err, and reports whether
+// another attempt should run; when it returns true it has already waited the
+// delay before it. When it returns false the loop is over and [Loop.Err] holds
+// the result. Next is Decide followed, when Decide returns true, by Wait.
+func (l *Loop) Next(err error) bool {
+	return l.Decide(err) && l.Wait()
+}
+
+// Decide records the outcome of the current attempt, err, and reports whether
+// another attempt should run, without waiting: when it returns true, call
+// [Loop.Wait] before the next attempt. When it returns false the loop is over
+// and [Loop.Err] holds the result.
+func (l *Loop) Decide(err error) bool {
+	switch l.state {
+	case stateWait:
+		return true
+	case stateDone:
+		return false
+	}
+	p := l.p
+	if err == nil {
+		p.budget.success()
+		if l.attempt == 1 {
+			p.results[resFirstTry].Inc()
+		} else {
+			p.results[resAfterRetry].Inc()
+		}
+		l.state = stateDone
+		return false
+	}
+	l.last = err
+	if pe, ok := err.(*backoff.PermanentError); ok {
+		l.last = pe.Err // classified below with its marker
+	}
+	if l.ctx.Err() != nil {
+		return l.stop(Canceled)
+	}
+	if !l.retryable(err) {
+		return l.stop(NotRetryable)
+	}
+	allowed := p.budget.failure()
+	if l.attempt >= p.maxAttempts {
+		return l.stop(Exhausted)
+	}
+	if !allowed {
+		return l.stop(BudgetExhausted)
+	}
+
+	now := p.clock.Now()
+	if l.bo == nil {
+		l.bo = p.newBackOff()
+		l.bo.Reset()
+		l.start = now
+	}
+	delay := l.bo.NextBackOff()
+	if delay == backoff.Stop {
+		return l.stop(Exhausted)
+	}
+	if h, ok := bulwark.HintOf(err); ok && h.RetryAfter > 0 {
+		delay = h.RetryAfter
+		if p.maxHintWait > 0 {
+			delay = min(delay, p.maxHintWait)
+		}
+	}
+	delay = max(delay, 0)
+	end := now.Add(delay)
+	if dl, ok := l.ctx.Deadline(); ok && !end.Before(dl) {
+		return l.stop(OutOfTime)
+	}
+	if p.maxElapsed > 0 && end.Sub(l.start) > p.maxElapsed {
+		return l.stop(OutOfTime)
+	}
+	l.delay = delay
+	l.state = stateWait
+	return true
+}
+
+// Wait waits the delay chosen by [Loop.Decide] and reports whether the next
+// attempt may run. It returns false, ending the loop with a Canceled
+// [*Error], when the context ends first, and false when Decide did not just
+// return true.
+func (l *Loop) Wait() bool {
+	if l.state != stateWait {
+		return false
+	}
+	p := l.p
+	if l.ctx.Err() != nil {
+		return l.stop(Canceled)
+	}
+	if p.onRetry != nil {
+		p.onRetry(l.attempt, l.last, l.delay)
+	}
+	p.wait.Observe(l.delay.Seconds())
+	if l.delay > 0 {
+		t := p.clock.NewTimer(l.delay)
+		select {
+		case <-t.C():
+		case <-l.ctx.Done():
+			t.Stop()
+			return l.stop(Canceled)
+		}
+	}
+	l.attempt++
+	p.attempts.Inc()
+	l.state = stateAttempt
+	return true
+}
+
+func (l *Loop) retryable(err error) bool {
+	if l.p.classify != nil {
+		return l.p.classify(err)
+	}
+	return Retryable(err)
+}
+
+// stop ends the loop with a failure and returns false.
+func (l *Loop) stop(r Reason) bool {
+	e := &Error{Attempts: l.attempt, Reason: r, Err: l.last}
+	if r == Canceled {
+		e.ctxErr = l.ctx.Err()
+		if errors.Is(l.last, e.ctxErr) {
+			e.ctxErr = nil
+		}
+	}
+	l.err = e
+	l.p.results[r.result()].Inc()
+	l.state = stateDone
+	return false
+}
