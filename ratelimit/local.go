@@ -1,0 +1,358 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// DefaultMaxKeys is the number of keys a [Local] remembers unless
+// [WithMaxKeys] says otherwise. At about 150 bytes per key (measured by
+// TestLocalMemoryBound, which holds it under 256) it bounds the limiter's
+// memory to roughly 15 MB.
+const DefaultMaxKeys = 100_000
+
+const (
+	shardBits = 6
+	numShards = 1 << shardBits
+	// evictScan is how many of a shard's least recently used keys eviction
+	// inspects for a full bucket before it forgets the least recent one.
+	evictScan = 8
+)
+
+// Option configures a [Local].
+type Option func(*config)
+
+type config struct {
+	reg     prometheus.Registerer
+	clk     clock.Clock
+	maxKeys int
+	policy  string
+}
+
+// WithRegisterer registers the limiter's metrics on reg. The default, nil,
+// registers nothing (and never touches the global registry).
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(c *config) { c.reg = reg }
+}
+
+// WithClock sets the time source; tests pass a fake. The default is the
+// system clock.
+func WithClock(clk clock.Clock) Option {
+	return func(c *config) { c.clk = clk }
+}
+
+// WithMaxKeys bounds the number of keys the limiter remembers at once; the
+// default is [DefaultMaxKeys]. The bound is split evenly over 64 shards and
+// raised to 64 when smaller. See [Local] for what is forgotten first.
+func WithMaxKeys(n int) Option {
+	return func(c *config) { c.maxKeys = n }
+}
+
+// WithPolicy sets the policy name reported in [Decision.Policy], the name
+// quoted in the RateLimit and RateLimit-Policy header fields. The default is
+// [DefaultPolicy].
+func WithPolicy(name string) Option {
+	return func(c *config) { c.policy = name }
+}
+
+// Local is an in-process keyed rate limiter: one token bucket
+// (a golang.org/x/time/rate.Limiter) of rate r and burst b per key, created
+// full when a key is first seen.
+//
+// Keys are spread over 64 shards, each with its own mutex, so unrelated keys
+// rarely contend. A key is remembered by a 64-bit hash/maphash of it with a
+// seed drawn at construction, never by its bytes, so the memory per key is
+// fixed whatever the key's length; two distinct keys share a bucket only if
+// their hashes collide (probability about n²/2⁶⁵ for n live keys, and the
+// seed is unknown to clients, so a collision cannot be aimed).
+//
+// Memory is bounded: at most [WithMaxKeys] keys are remembered. When a new key
+// arrives at a full shard, the limiter first forgets an idle key whose bucket
+// has refilled completely — forgetting it changes nothing, since it would be
+// created full again — looking at the shard's eight least recently used keys;
+// only when none of them is full does it forget the least recently used key,
+// which then starts over with a full bucket if it returns. So an overflow of
+// distinct keys can loosen the limit for the least active keys, never grow
+// memory.
+//
+// The zero value is not usable; construct with [NewLocal]. A Local is safe for
+// concurrent use. As a [bulwark.Policy] (Do) it limits all calls together
+// under the key "".
+type Local struct {
+	name   string
+	limit  rate.Limit
+	burst  int
+	policy string
+	window time.Duration
+	clk    clock.Clock
+	seed   maphash.Seed
+	m      rlmetrics.Decisions
+	shards [numShards]shard
+}
+
+type shard struct {
+	mu   sync.Mutex
+	keys map[uint64]*entry
+	max  int
+	lru  entry // sentinel of a circular list: lru.next is the most recently used
+	_    [64]byte
+}
+
+type entry struct {
+	h          uint64
+	prev, next *entry
+	lim        *rate.Limiter
+}
+
+// NewLocal returns a keyed limiter that allows r events per second per key
+// with bursts of up to burst events. r may be rate.Inf (everything is allowed,
+// Window is zero). It panics when r is not positive or burst is less than 1:
+// such a limiter would refuse every request, which is a configuration mistake.
+// name is the metric label.
+func NewLocal(name string, r rate.Limit, burst int, opts ...Option) *Local {
+	if r <= 0 || math.IsNaN(float64(r)) || burst < 1 {
+		panic(fmt.Sprintf("ratelimit: NewLocal(%q): rate %v and burst %d must be positive", name, r, burst))
+	}
+	c := config{maxKeys: DefaultMaxKeys, policy: DefaultPolicy}
+	for _, o := range opts {
+		o(&c)
+	}
+	l := &Local{
+		name:   name,
+		limit:  r,
+		burst:  burst,
+		policy: c.policy,
+		clk:    clock.OrReal(c.clk),
+		seed:   maphash.MakeSeed(),
+		m:      rlmetrics.NewDecisions(c.reg, name),
+	}
+	if r != rate.Inf {
+		l.window = durationFor(float64(burst), r)
+	}
+	maxKeys := max(c.maxKeys, numShards)
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.max = maxKeys / numShards
+		if i < maxKeys%numShards {
+			s.max++
+		}
+		s.keys = make(map[uint64]*entry)
+		s.lru.next, s.lru.prev = &s.lru, &s.lru
+	}
+	return l
+}
+
+// Name returns the limiter's name.
+func (l *Local) Name() string { return l.name }
+
+// Len returns the number of keys the limiter remembers now.
+func (l *Local) Len() int {
+	n := 0
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		n += len(s.keys)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// Allow spends cost tokens of key's bucket if it holds that many now and
+// reports the decision; it never blocks and ignores ctx. A cost of 0 reports
+// the bucket's state. A cost above the burst returns [ErrCostExceedsLimit], a
+// negative one [ErrInvalidCost]. An allowed decision does not allocate.
+func (l *Local) Allow(_ context.Context, key string, cost int) (Decision, error) {
+	if err := l.checkCost(cost); err != nil {
+		return l.policyOnly(), err
+	}
+	now := l.clk.Now()
+	s, h := l.shard(key)
+	s.mu.Lock()
+	lim := s.get(h, now, l).lim
+	ok := lim.AllowN(now, cost)
+	tokens := lim.TokensAt(now)
+	s.mu.Unlock()
+	if ok {
+		l.m.Allowed.Inc()
+	} else {
+		l.m.Denied.Inc()
+	}
+	return l.decision(ok, tokens, cost), nil
+}
+
+// Do runs fn if the bucket of the key "" has a token, spending it, and
+// otherwise returns a *[LimitedError] without calling fn. It makes Local a
+// [bulwark.Policy] that limits all calls through it together; use [For] for a
+// policy on another key.
+func (l *Local) Do(ctx context.Context, fn func(context.Context) error) error {
+	return do(ctx, l, "", fn)
+}
+
+// Wait blocks until key's bucket has a token and spends it: client-side
+// throttling. See [Local.WaitN].
+func (l *Local) Wait(ctx context.Context, key string) error {
+	return l.WaitN(ctx, key, 1)
+}
+
+// WaitN blocks until key's bucket can pay n tokens and spends them. It
+// reserves the tokens at once, so waiters are served in arrival order, and
+// waits on a timer from the limiter's clock. When ctx ends first it returns
+// ctx.Err() and gives the reserved tokens back. When ctx has a deadline that
+// comes before the tokens could be ready, it returns at once, without
+// spending anything, a *[LimitedError] that wraps context.DeadlineExceeded
+// and carries the wait it would have needed as RetryAfter. n above the burst
+// returns [ErrCostExceedsLimit]; n of 0 returns at once.
+func (l *Local) WaitN(ctx context.Context, key string, n int) error {
+	if err := l.checkCost(n); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := l.clk.Now()
+	s, h := l.shard(key)
+	s.mu.Lock()
+	r := s.get(h, now, l).lim.ReserveN(now, n)
+	s.mu.Unlock()
+	delay := r.DelayFrom(now)
+	if delay == 0 {
+		l.m.Allowed.Inc()
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < delay {
+		r.CancelAt(now)
+		l.m.Denied.Inc()
+		d := l.policyOnly()
+		d.RetryAfter = delay
+		return &LimitedError{Decision: d, Err: context.DeadlineExceeded}
+	}
+	t := l.clk.NewTimer(delay)
+	select {
+	case <-t.C():
+		l.m.Allowed.Inc()
+		return nil
+	case <-ctx.Done():
+		t.Stop()
+		r.CancelAt(l.clk.Now())
+		l.m.Denied.Inc()
+		return ctx.Err()
+	}
+}
+
+func (l *Local) checkCost(cost int) error {
+	switch {
+	case cost < 0:
+		return ErrInvalidCost
+	case cost > l.burst && l.limit != rate.Inf:
+		return ErrCostExceedsLimit
+	}
+	return nil
+}
+
+func (l *Local) shard(key string) (*shard, uint64) {
+	h := maphash.String(l.seed, key)
+	return &l.shards[h>>(64-shardBits)], h
+}
+
+// policyOnly is a denied decision that describes the policy but no bucket.
+func (l *Local) policyOnly() Decision {
+	return Decision{Policy: l.policy, Limit: l.burst, Window: l.window}
+}
+
+// decision describes the bucket holding tokens after a decision for cost.
+func (l *Local) decision(ok bool, tokens float64, cost int) Decision {
+	d := Decision{Allowed: ok, Policy: l.policy, Limit: l.burst, Window: l.window}
+	if l.limit == rate.Inf {
+		d.Remaining = l.burst
+		return d
+	}
+	if tokens >= 1 {
+		d.Remaining = int(tokens)
+	}
+	if b := float64(l.burst); tokens < b {
+		d.Reset = durationFor(b-tokens, l.limit)
+	}
+	if !ok && float64(cost) > tokens {
+		d.RetryAfter = durationFor(float64(cost)-tokens, l.limit)
+	}
+	return d
+}
+
+// durationFor is the time r takes to refill tokens, rounded up to the
+// nanosecond so that a caller who waits it finds the tokens there.
+func durationFor(tokens float64, r rate.Limit) time.Duration {
+	ns := math.Ceil(tokens / float64(r) * float64(time.Second))
+	if ns >= math.MaxInt64 {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(ns)
+}
+
+// get returns the entry for h, creating it (and evicting another when the
+// shard is full) if needed, and marks it most recently used. s.mu is held.
+func (s *shard) get(h uint64, now time.Time, l *Local) *entry {
+	if e, ok := s.keys[h]; ok {
+		if s.lru.next != e {
+			s.unlink(e)
+			s.pushFront(e)
+		}
+		return e
+	}
+	var e *entry
+	if len(s.keys) >= s.max {
+		e = s.evict(now, float64(l.burst))
+	}
+	if e == nil {
+		e = &entry{}
+	}
+	if e.lim == nil {
+		e.lim = rate.NewLimiter(l.limit, l.burst)
+	}
+	e.h = h
+	s.keys[h] = e
+	s.pushFront(e)
+	return e
+}
+
+// evict forgets one key and returns its entry for reuse. The entry keeps its
+// limiter only when the bucket is full, which makes it as good as new.
+func (s *shard) evict(now time.Time, burst float64) *entry {
+	victim := s.lru.prev
+	for e, i := s.lru.prev, 0; e != &s.lru && i < evictScan; e, i = e.prev, i+1 {
+		if e.lim.TokensAt(now) >= burst {
+			victim = e
+			break
+		}
+	}
+	if victim == &s.lru {
+		return nil
+	}
+	if victim.lim.TokensAt(now) < burst {
+		victim.lim = nil
+	}
+	s.unlink(victim)
+	delete(s.keys, victim.h)
+	return victim
+}
+
+func (s *shard) unlink(e *entry) {
+	e.prev.next = e.next
+	e.next.prev = e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (s *shard) pushFront(e *entry) {
+	e.prev = &s.lru
+	e.next = s.lru.next
+	s.lru.next.prev = e
+	s.lru.next = e
+}

@@ -1,0 +1,427 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var bg = context.Background()
+
+func TestLocalTokenBucketMath(t *testing.T) {
+	t.Parallel()
+	type step struct {
+		advance   time.Duration
+		cost      int
+		allowed   bool
+		remaining int
+		reset     time.Duration
+		retry     time.Duration
+	}
+	tests := []struct {
+		name  string
+		r     rate.Limit
+		burst int
+		steps []step
+	}{
+		{
+			name: "burst then one per period", r: 10, burst: 3,
+			steps: []step{
+				{cost: 1, allowed: true, remaining: 2, reset: 100 * time.Millisecond},
+				{cost: 1, allowed: true, remaining: 1, reset: 200 * time.Millisecond},
+				{cost: 1, allowed: true, remaining: 0, reset: 300 * time.Millisecond},
+				{cost: 1, allowed: false, remaining: 0, reset: 300 * time.Millisecond, retry: 100 * time.Millisecond},
+				{advance: 50 * time.Millisecond, cost: 1, allowed: false, remaining: 0, reset: 250 * time.Millisecond, retry: 50 * time.Millisecond},
+				{advance: 50 * time.Millisecond, cost: 1, allowed: true, remaining: 0, reset: 300 * time.Millisecond},
+				{advance: 300 * time.Millisecond, cost: 0, allowed: true, remaining: 3},
+				{advance: time.Hour, cost: 0, allowed: true, remaining: 3},
+			},
+		},
+		{
+			name: "cost above one", r: 2, burst: 10,
+			steps: []step{
+				{cost: 7, allowed: true, remaining: 3, reset: 3500 * time.Millisecond},
+				{cost: 4, allowed: false, remaining: 3, reset: 3500 * time.Millisecond, retry: 500 * time.Millisecond},
+				{cost: 3, allowed: true, remaining: 0, reset: 5 * time.Second},
+				{advance: 1250 * time.Millisecond, cost: 0, allowed: true, remaining: 2, reset: 3750 * time.Millisecond},
+				{cost: 10, allowed: false, remaining: 2, reset: 3750 * time.Millisecond, retry: 3750 * time.Millisecond},
+			},
+		},
+		{
+			name: "slow rate", r: rate.Every(time.Minute), burst: 1,
+			steps: []step{
+				{cost: 1, allowed: true, remaining: 0, reset: time.Minute},
+				{advance: 59 * time.Second, cost: 1, allowed: false, remaining: 0, reset: time.Second, retry: time.Second},
+				{advance: time.Second, cost: 1, allowed: true, remaining: 0, reset: time.Minute},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			clk := clock.NewFake(time.Time{})
+			l := NewLocal("math", tt.r, tt.burst, WithClock(clk), WithPolicy("p"))
+			for i, s := range tt.steps {
+				clk.Advance(s.advance)
+				d, err := l.Allow(bg, "k", s.cost)
+				require.NoError(t, err)
+				want := Decision{
+					Allowed: s.allowed, Policy: "p", Limit: tt.burst,
+					Window:    durationFor(float64(tt.burst), tt.r),
+					Remaining: s.remaining, Reset: s.reset, RetryAfter: s.retry,
+				}
+				require.Equal(t, want, roundDecision(d), "step %d", i)
+			}
+		})
+	}
+}
+
+// roundDecision rounds the durations of d to the microsecond: the token
+// arithmetic of x/time/rate is in floating point.
+func roundDecision(d Decision) Decision {
+	d.Window = d.Window.Round(time.Microsecond)
+	d.Reset = d.Reset.Round(time.Microsecond)
+	d.RetryAfter = d.RetryAfter.Round(time.Microsecond)
+	return d
+}
+
+// TestLocalRetryAfterSuffices checks the rounding: a caller that waits exactly
+// RetryAfter is allowed, one that comes back a microsecond early is not.
+func TestLocalRetryAfterSuffices(t *testing.T) {
+	t.Parallel()
+	for _, r := range []rate.Limit{3, 7.3, 1000, 1e6 / 7, rate.Every(13 * time.Second)} {
+		clk := clock.NewFake(time.Time{})
+		l := NewLocal("round", r, 4, WithClock(clk))
+		for range 4 {
+			d, err := l.Allow(bg, "k", 1)
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+		}
+		for range 20 {
+			d, err := l.Allow(bg, "k", 1)
+			require.NoError(t, err)
+			require.False(t, d.Allowed)
+			require.Positive(t, d.RetryAfter)
+			clk.Advance(d.RetryAfter - time.Microsecond)
+			d2, err := l.Allow(bg, "k", 1)
+			require.NoError(t, err)
+			require.False(t, d2.Allowed, "rate %v: allowed 1µs before RetryAfter", r)
+			clk.Advance(time.Microsecond)
+			d3, err := l.Allow(bg, "k", 1)
+			require.NoError(t, err)
+			require.True(t, d3.Allowed, "rate %v: denied after RetryAfter %v", r, d.RetryAfter)
+		}
+	}
+}
+
+func TestLocalKeysAreIndependent(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("keys", 1, 2, WithClock(clk))
+	for _, key := range []string{"a", "b", "", "a much longer key " + string(make([]byte, 4096))} {
+		for i := range 3 {
+			d, err := l.Allow(bg, key, 1)
+			require.NoError(t, err)
+			require.Equal(t, i < 2, d.Allowed, "key %.10q call %d", key, i)
+		}
+	}
+	require.Equal(t, 4, l.Len())
+}
+
+func TestLocalCostErrors(t *testing.T) {
+	t.Parallel()
+	l := NewLocal("cost", 10, 5, WithPolicy("p"))
+	d, err := l.Allow(bg, "k", 6)
+	require.ErrorIs(t, err, ErrCostExceedsLimit)
+	require.Equal(t, Decision{Policy: "p", Limit: 5, Window: 500 * time.Millisecond}, d)
+	_, err = l.Allow(bg, "k", -1)
+	require.ErrorIs(t, err, ErrInvalidCost)
+	require.ErrorIs(t, l.WaitN(bg, "k", 6), ErrCostExceedsLimit)
+	require.Equal(t, 0, l.Len(), "a refused cost creates no key")
+}
+
+func TestLocalInf(t *testing.T) {
+	t.Parallel()
+	l := NewLocal("inf", rate.Inf, 3)
+	for range 100 {
+		d, err := l.Allow(bg, "k", 50)
+		require.NoError(t, err)
+		require.Equal(t, Decision{Allowed: true, Policy: DefaultPolicy, Limit: 3, Remaining: 3}, d)
+	}
+	require.NoError(t, l.WaitN(bg, "k", 1000))
+}
+
+func TestNewLocalPanicsOnUselessConfig(t *testing.T) {
+	t.Parallel()
+	require.Panics(t, func() { NewLocal("x", 0, 1) })
+	require.Panics(t, func() { NewLocal("x", -1, 1) })
+	require.Panics(t, func() { NewLocal("x", 1, 0) })
+}
+
+// keysInShard returns n keys that hash to shard 0 of l.
+func keysInShard(l *Local, n int) []string {
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		k := "key-" + strconv.Itoa(i)
+		if s, _ := l.shard(k); s == &l.shards[0] {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+func remembered(l *Local, key string) bool {
+	s, h := l.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.keys[h]
+	return ok
+}
+
+func TestLocalEvictionPrefersFullBuckets(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("evict", 1, 5, WithClock(clk), WithMaxKeys(4*numShards))
+	require.Equal(t, 4, l.shards[0].max)
+	k := keysInShard(l, 6)
+	allow := func(key string, cost int) Decision {
+		d, err := l.Allow(bg, key, cost)
+		require.NoError(t, err)
+		return d
+	}
+	allow(k[0], 5) // least recently used, empty
+	allow(k[1], 0) // full: safe to forget
+	allow(k[2], 1)
+	allow(k[3], 1)
+	allow(k[4], 1) // shard full: k[1] goes though k[0] is older
+	require.False(t, remembered(l, k[1]))
+	require.True(t, remembered(l, k[0]))
+	require.Equal(t, 0, allow(k[0], 0).Remaining, "k[0] kept its empty bucket")
+
+	// No bucket is full now: the least recently used key goes.
+	allow(k[5], 1)
+	require.False(t, remembered(l, k[2]), "LRU order after k[0] was touched: k[2], k[3], k[4], k[0]")
+	for _, key := range []string{k[0], k[3], k[4], k[5]} {
+		require.True(t, remembered(l, key), key)
+	}
+	require.Equal(t, 4, len(l.shards[0].keys))
+}
+
+// TestLocalMemoryBound sends 1,000,000 distinct keys through a limiter bounded
+// to 10,000 keys: the key count never exceeds the bound and the heap the
+// limiter holds stays under 256 bytes per key of the bound (2.56 MB), which is
+// what DefaultMaxKeys's doc promises.
+func TestLocalMemoryBound(t *testing.T) {
+	const (
+		maxKeys     = 10_000
+		distinct    = 1_000_000
+		bytesPerKey = 256
+	)
+	clk := clock.NewFake(time.Time{})
+	before := heapInUse()
+	l := NewLocal("memory", 100, 10, WithClock(clk), WithMaxKeys(maxKeys))
+	buf := make([]byte, 0, 32)
+	for i := range distinct {
+		buf = strconv.AppendInt(append(buf[:0], "client-"...), int64(i), 10)
+		d, err := l.Allow(bg, string(buf), 1)
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "a new key starts with a full bucket")
+		if i%(distinct/10) == 0 {
+			clk.Advance(time.Second) // let some buckets refill
+			require.LessOrEqual(t, l.Len(), maxKeys)
+		}
+	}
+	require.Equal(t, maxKeys, l.Len())
+	after := heapInUse()
+	used := int64(after) - int64(before)
+	t.Logf("heap held by %d keys: %d bytes (%.0f bytes/key)", l.Len(), used, float64(used)/maxKeys)
+	require.Less(t, used, int64(maxKeys*bytesPerKey))
+	runtime.KeepAlive(l)
+}
+
+func heapInUse() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+func TestLocalConcurrentNeverExceedsBurst(t *testing.T) {
+	t.Parallel()
+	const (
+		keys       = 16
+		burst      = 50
+		goroutines = 64
+	)
+	for _, maxKeys := range []int{DefaultMaxKeys, numShards} { // the second one evicts all the time
+		clk := clock.NewFake(time.Time{})
+		l := NewLocal("race", 1, burst, WithClock(clk), WithMaxKeys(maxKeys))
+		var allowed [keys]atomic.Int64
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range 200 {
+					k := (g + i) % keys
+					d, err := l.Allow(bg, "k"+strconv.Itoa(k), 1)
+					if err != nil {
+						panic(err)
+					}
+					if d.Allowed {
+						allowed[k].Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for k := range allowed {
+			if maxKeys == DefaultMaxKeys {
+				require.Equal(t, int64(burst), allowed[k].Load(), "key %d", k)
+			} else {
+				require.GreaterOrEqual(t, allowed[k].Load(), int64(burst), "eviction only ever loosens")
+			}
+		}
+		require.LessOrEqual(t, l.Len(), maxKeys)
+	}
+}
+
+func TestLocalWait(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("wait", 1, 1, WithClock(clk))
+	require.NoError(t, l.Wait(bg, "k")) // the burst: no timer
+	require.Equal(t, 0, clk.Created())
+	done := make(chan error, 1)
+	go func() { done <- l.Wait(bg, "k") }()
+	clk.WaitForTimers(1)
+	clk.Advance(999 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned early: %v", err)
+	default:
+	}
+	clk.Advance(time.Millisecond)
+	require.NoError(t, <-done)
+	d, err := l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.False(t, d.Allowed, "the waiter spent the token")
+}
+
+func TestLocalWaitCanceledReturnsTokens(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("wait", 1, 1, WithClock(clk))
+	require.NoError(t, l.Wait(bg, "k"))
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan error, 1)
+	go func() { done <- l.Wait(ctx, "k") }()
+	clk.WaitForTimers(1)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.Equal(t, 0, clk.Pending(), "the timer was stopped")
+	clk.Advance(time.Second)
+	d, err := l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "the canceled reservation gave its token back")
+
+	require.ErrorIs(t, l.Wait(ctx, "k"), context.Canceled, "a done context does not reserve")
+}
+
+func TestLocalWaitDeadlineTooShort(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Now())
+	l := NewLocal("wait", rate.Every(2*time.Hour), 1, WithClock(clk))
+	require.NoError(t, l.Wait(bg, "k"))
+	ctx, cancel := context.WithTimeout(bg, time.Hour)
+	defer cancel()
+	err := l.Wait(ctx, "k")
+	require.ErrorIs(t, err, ErrLimited)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	h, ok := bulwark.HintOf(err)
+	require.True(t, ok)
+	require.Equal(t, 2*time.Hour, h.RetryAfter)
+	require.Equal(t, 0, clk.Created(), "no timer for a wait that cannot succeed")
+	clk.Advance(2 * time.Hour)
+	d, err := l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "the refused wait spent nothing")
+}
+
+func TestLocalDoAndFor(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("do", 2, 1, WithClock(clk))
+	var calls int
+	fn := func(context.Context) error { calls++; return nil }
+	var p bulwark.Policy = l
+	require.NoError(t, p.Do(bg, fn))
+	err := p.Do(bg, fn)
+	require.ErrorIs(t, err, ErrLimited)
+	var le *LimitedError
+	require.True(t, errors.As(err, &le))
+	require.Equal(t, 500*time.Millisecond, le.Decision.RetryAfter)
+	h, ok := bulwark.HintOf(err)
+	require.True(t, ok)
+	require.Equal(t, bulwark.Hint{RetryAfter: 500 * time.Millisecond}, h)
+	require.Equal(t, 1, calls)
+
+	other := For(l, "other")
+	require.NoError(t, other.Do(bg, fn), "another key has its own bucket")
+	require.ErrorIs(t, other.Do(bg, fn), ErrLimited)
+	require.Equal(t, 2, calls)
+
+	boom := errors.New("boom")
+	clk.Advance(time.Second)
+	require.Equal(t, boom, l.Do(bg, func(context.Context) error { return boom }))
+}
+
+func TestLimitedError(t *testing.T) {
+	t.Parallel()
+	e := &LimitedError{Decision: Decision{Policy: "api", RetryAfter: 1500 * time.Millisecond}}
+	require.Equal(t, `ratelimit: rate limited (policy "api"), retry after 1.5s`, e.Error())
+	require.ErrorIs(t, e, ErrLimited)
+	require.NotErrorIs(t, e, ErrCostExceedsLimit)
+	require.Nil(t, e.Unwrap())
+	e.Err = context.DeadlineExceeded
+	require.ErrorIs(t, e, context.DeadlineExceeded)
+	require.Contains(t, e.Error(), "context deadline exceeded")
+	var _ bulwark.Hinter = e
+}
+
+func TestLocalMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	clk := clock.NewFake(time.Time{})
+	a := NewLocal("a", 1, 2, WithClock(clk), WithRegisterer(reg))
+	b := NewLocal("b", 1, 2, WithClock(clk), WithRegisterer(reg))
+	for range 3 {
+		_, err := a.Allow(bg, "k", 1)
+		require.NoError(t, err)
+	}
+	_, err := b.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	vec := a.m.Allowed
+	require.Equal(t, 2.0, testutil.ToFloat64(vec))
+	require.Equal(t, 1.0, testutil.ToFloat64(a.m.Denied))
+	require.Equal(t, 0.0, testutil.ToFloat64(a.m.Error))
+	require.Equal(t, 1.0, testutil.ToFloat64(b.m.Allowed))
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+	require.Equal(t, 6, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+}
