@@ -1,0 +1,73 @@
+package idempotency
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bulwark-go/bulwark"
+)
+
+// Errors the protocol returns. Adapters test them with errors.Is; the
+// mapping to HTTP and gRPC status is in the package documentation.
+var (
+	// ErrMissingKey: the request carries no idempotency key although the
+	// Guard requires one. The client must add a key: not retryable as is.
+	ErrMissingKey = errors.New("idempotency: missing idempotency key")
+	// ErrInvalidKey: the key is not 1 to 255 visible ASCII characters.
+	ErrInvalidKey = errors.New("idempotency: malformed idempotency key")
+	// ErrInFlight: another request with the same key holds the lease.
+	// The returned error is an *InFlightError with the time left on the lease.
+	ErrInFlight = errors.New("idempotency: a request with this key is in flight")
+	// ErrMismatch: the key was first used for a different request
+	// (another fingerprint).
+	ErrMismatch = errors.New("idempotency: key reused for a different request")
+	// ErrStoreUnavailable: the store failed or did not answer in time. The
+	// returned error is a *StoreError wrapping the cause.
+	ErrStoreUnavailable = errors.New("idempotency: store unavailable")
+	// ErrLeaseLost: Complete, Release or Extend was called by an owner whose
+	// lease has expired or whose key was claimed by another owner since
+	// (fencing). Nothing was changed.
+	ErrLeaseLost = errors.New("idempotency: lease lost")
+	// ErrBodyTooLarge: the body passed to ReadFingerprint exceeds the limit.
+	ErrBodyTooLarge = errors.New("idempotency: request body too large")
+	// ErrStoreFull: the memory store is full of live records and none can
+	// be evicted (see MemoryStore).
+	ErrStoreFull = errors.New("idempotency: memory store full")
+)
+
+// InFlightError is the error Begin returns when another request holds the
+// key. It is ErrInFlight for errors.Is and carries a retry-after hint.
+type InFlightError struct {
+	// RetryAfter is the time until the current lease ends: the earliest
+	// moment a retry can get a different answer.
+	RetryAfter time.Duration
+}
+
+func (e *InFlightError) Error() string {
+	return fmt.Sprintf("%v (lease ends in %v)", ErrInFlight, e.RetryAfter)
+}
+
+// Is reports whether target is ErrInFlight.
+func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
+
+// RetryHint returns RetryAfter as a bulwark.Hint.
+func (e *InFlightError) RetryHint() bulwark.Hint { return bulwark.Hint{RetryAfter: e.RetryAfter} }
+
+// StoreError is the error the Guard returns when a store operation fails. It
+// is ErrStoreUnavailable for errors.Is and unwraps to the cause (a network
+// error, context.DeadlineExceeded, ErrStoreFull, ...).
+type StoreError struct {
+	Op  string // "claim", "complete", "release" or "extend"
+	Err error
+}
+
+func (e *StoreError) Error() string {
+	return fmt.Sprintf("%v: %s: %v", ErrStoreUnavailable, e.Op, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *StoreError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrStoreUnavailable.
+func (e *StoreError) Is(target error) bool { return target == ErrStoreUnavailable }

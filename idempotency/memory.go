@@ -1,0 +1,341 @@
+package idempotency
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/bulwark-go/bulwark/internal/clock"
+)
+
+// MemoryConfig configures a MemoryStore. Every zero field means the
+// documented default.
+type MemoryConfig struct {
+	// MaxEntries bounds the number of records (in flight and completed).
+	// Default 100,000.
+	MaxEntries int
+	// MaxBytes bounds the memory the records take, counted as a fixed
+	// per-record overhead (EntryOverhead) plus each stored response's
+	// encoded length. Default 64 MiB.
+	MaxBytes int64
+	// Clock is the time source for leases and retention. Default: the
+	// real clock.
+	Clock clock.Clock
+}
+
+// EntryOverhead is what a MemoryStore counts for one record, before its
+// response: the map slot, the record and its place in the expiry queue.
+const EntryOverhead = 256
+
+const maxMemoryShards = 32
+
+// MemoryStore is a Store in process memory: the default for a single
+// instance, and the reference the other stores are tested against.
+//
+// Records live in up to 32 shards (fewer for small bounds) chosen by the
+// key's first byte, each a map under
+// its own mutex with a FIFO queue of records in order of their last deadline
+// change. Expired records are treated as absent at once and removed lazily:
+// every claim drops a few expired records from the front of its shard's
+// queue. When a shard is full (MaxEntries or MaxBytes, divided evenly among
+// the shards), a claim or complete first removes expired records, then evicts
+// the oldest completed records (their replay is lost, so size the store for
+// the traffic over the retention period); records in flight are never
+// evicted, and when only they remain the call fails with ErrStoreFull, which
+// the Guard treats like any store failure. Stored responses are kept encoded
+// (one allocation per Complete) and decoded on replay.
+//
+// The zero value is not usable; call NewMemoryStore. A MemoryStore is safe
+// for concurrent use.
+type MemoryStore struct {
+	clock  clock.Clock
+	mask   int
+	shards [maxMemoryShards]memShard
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = 100_000
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 64 << 20
+	}
+	// Use as many shards as the bounds allow each one a few records, so
+	// that the per-shard limits add up to no more than the configured ones.
+	n := maxMemoryShards
+	for n > 1 && (cfg.MaxEntries < 4*n || cfg.MaxBytes < int64(n)*16*EntryOverhead) {
+		n /= 2
+	}
+	s := &MemoryStore{clock: clock.OrReal(cfg.Clock), mask: n - 1}
+	for i := 0; i < n; i++ {
+		s.shards[i] = memShard{
+			m:          make(map[Key]memEntry),
+			maxEntries: cfg.MaxEntries / n,
+			maxBytes:   cfg.MaxBytes / int64(n),
+		}
+	}
+	return s
+}
+
+type memEntry struct {
+	fp        Fingerprint
+	owner     Token
+	deadline  int64 // unix nanoseconds: lease end, or retention end once completed
+	seq       uint64
+	completed bool
+	resp      []byte // encoded Response, once completed
+}
+
+func (e *memEntry) size() int64 { return EntryOverhead + int64(len(e.resp)) }
+
+type queueItem struct {
+	key Key
+	seq uint64
+}
+
+type memShard struct {
+	mu         sync.Mutex
+	m          map[Key]memEntry
+	q          []queueItem // q[head:] is the FIFO
+	head       int
+	seq        uint64
+	bytes      int64
+	maxEntries int
+	maxBytes   int64
+	_          [64]byte // keep shards on separate cache lines
+}
+
+func (s *MemoryStore) shard(k Key) *memShard { return &s.shards[int(k[0])&s.mask] }
+
+// Len returns the number of records held, including expired ones not yet
+// removed.
+func (s *MemoryStore) Len() int {
+	n := 0
+	for i := 0; i <= s.mask; i++ {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Bytes returns the memory the records take, as counted against MaxBytes.
+func (s *MemoryStore) Bytes() int64 {
+	var n int64
+	for i := 0; i <= s.mask; i++ {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += sh.bytes
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Claim implements Store.
+func (s *MemoryStore) Claim(ctx context.Context, key Key, fp Fingerprint, lease time.Duration) (ClaimResult, error) {
+	if err := ctx.Err(); err != nil {
+		return ClaimResult{}, err
+	}
+	tok := NewToken()
+	now := s.clock.Now().UnixNano()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	if e, ok := sh.m[key]; ok {
+		if e.deadline > now {
+			sh.mu.Unlock()
+			switch {
+			case e.fp != fp:
+				return ClaimResult{Status: Mismatch}, nil
+			case e.completed:
+				resp, err := DecodeResponse(e.resp)
+				if err != nil {
+					return ClaimResult{}, err
+				}
+				return ClaimResult{Status: Completed, Response: resp}, nil
+			default:
+				return ClaimResult{Status: InFlight, RetryAfter: time.Duration(e.deadline - now)}, nil
+			}
+		}
+		sh.remove(key, &e)
+	}
+	sh.sweep(now, 4)
+	if !sh.makeRoom(now, true, EntryOverhead) {
+		sh.mu.Unlock()
+		return ClaimResult{}, ErrStoreFull
+	}
+	sh.seq++
+	sh.m[key] = memEntry{fp: fp, owner: tok, deadline: now + int64(lease), seq: sh.seq}
+	sh.push(queueItem{key: key, seq: sh.seq})
+	sh.bytes += EntryOverhead
+	sh.mu.Unlock()
+	return ClaimResult{Status: Claimed, Owner: tok}, nil
+}
+
+// Complete implements Store.
+func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp Response, retention time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	enc, _ := resp.AppendBinary(make([]byte, 0, resp.EncodedLen()))
+	now := s.clock.Now().UnixNano()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.owned(key, owner, now)
+	if !ok {
+		return ErrLeaseLost
+	}
+	if !sh.makeRoom(now, false, int64(len(enc))) {
+		return ErrStoreFull
+	}
+	sh.seq++
+	e.completed = true
+	e.resp = enc
+	e.deadline = now + int64(retention)
+	e.seq = sh.seq
+	sh.m[key] = e
+	sh.push(queueItem{key: key, seq: sh.seq})
+	sh.bytes += int64(len(enc))
+	return nil
+}
+
+// Release implements Store.
+func (s *MemoryStore) Release(ctx context.Context, key Key, owner Token) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock.Now().UnixNano()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.owned(key, owner, now)
+	if !ok {
+		return ErrLeaseLost
+	}
+	sh.remove(key, &e)
+	return nil
+}
+
+// Extend implements Store.
+func (s *MemoryStore) Extend(ctx context.Context, key Key, owner Token, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.clock.Now().UnixNano()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.owned(key, owner, now)
+	if !ok {
+		return ErrLeaseLost
+	}
+	e.deadline = now + int64(lease)
+	sh.m[key] = e
+	return nil
+}
+
+// owned returns key's record if owner holds an unexpired lease on it.
+func (sh *memShard) owned(key Key, owner Token, now int64) (memEntry, bool) {
+	e, ok := sh.m[key]
+	if !ok || e.completed || e.owner != owner || e.deadline <= now {
+		return memEntry{}, false
+	}
+	return e, true
+}
+
+func (sh *memShard) remove(key Key, e *memEntry) {
+	delete(sh.m, key)
+	sh.bytes -= e.size()
+}
+
+func (sh *memShard) push(it queueItem) {
+	if len(sh.q) == cap(sh.q) && sh.head > 0 {
+		n := copy(sh.q, sh.q[sh.head:])
+		clear(sh.q[n:])
+		sh.q = sh.q[:n]
+		sh.head = 0
+	}
+	sh.q = append(sh.q, it)
+	// Items of removed or re-queued records are dropped lazily; when they
+	// outnumber the live ones, drop them all so the queue stays bounded.
+	if len(sh.q)-sh.head > 2*sh.maxEntries+16 {
+		sh.compact()
+	}
+}
+
+func (sh *memShard) pop() (queueItem, bool) {
+	if sh.head == len(sh.q) {
+		return queueItem{}, false
+	}
+	it := sh.q[sh.head]
+	sh.head++
+	if sh.head == len(sh.q) {
+		sh.q = sh.q[:0]
+		sh.head = 0
+	}
+	return it, true
+}
+
+// live returns the record it stands for, if it is not stale.
+func (sh *memShard) live(it queueItem) (memEntry, bool) {
+	e, ok := sh.m[it.key]
+	return e, ok && e.seq == it.seq
+}
+
+func (sh *memShard) compact() {
+	kept := sh.q[:0]
+	for _, it := range sh.q[sh.head:] {
+		if _, ok := sh.live(it); ok {
+			kept = append(kept, it)
+		}
+	}
+	clear(sh.q[len(kept):])
+	sh.q = kept
+	sh.head = 0
+}
+
+// sweep removes up to n expired or stale items from the queue's front,
+// stopping at the first live record.
+func (sh *memShard) sweep(now int64, n int) {
+	for ; n > 0 && sh.head < len(sh.q); n-- {
+		it := sh.q[sh.head]
+		if e, ok := sh.live(it); ok {
+			if e.deadline > now {
+				return
+			}
+			sh.remove(it.key, &e)
+		}
+		sh.pop()
+	}
+}
+
+// makeRoom removes expired records, then evicts the oldest completed ones,
+// until there is room for a new record (when entry is set) and bytes more
+// bytes. Records in flight are rotated to the back. It reports whether it
+// made room.
+func (sh *memShard) makeRoom(now int64, entry bool, bytes int64) bool {
+	if bytes > sh.maxBytes {
+		return false
+	}
+	for budget := len(sh.q) - sh.head; (entry && len(sh.m) >= sh.maxEntries) || sh.bytes+bytes > sh.maxBytes; budget-- {
+		if budget == 0 {
+			return false
+		}
+		it, ok := sh.pop()
+		if !ok {
+			return false
+		}
+		e, ok := sh.live(it)
+		if !ok {
+			continue
+		}
+		if e.completed || e.deadline <= now {
+			sh.remove(it.key, &e)
+			continue
+		}
+		sh.q = append(sh.q, it) // in flight: keep it, look at the next one
+	}
+	return true
+}

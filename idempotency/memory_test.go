@@ -1,0 +1,145 @@
+package idempotency_test
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/bulwark-go/bulwark/idempotency"
+	"github.com/bulwark-go/bulwark/idempotency/internal/storetest"
+	"github.com/bulwark-go/bulwark/internal/clock"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestMemoryConformance(t *testing.T) {
+	storetest.Run(t, storetest.Backend{
+		Open: func(t *testing.T, clk clock.Clock) func() idempotency.Store {
+			s := idempotency.NewMemoryStore(idempotency.MemoryConfig{Clock: clk})
+			return func() idempotency.Store { return s }
+		},
+	})
+}
+
+// nthKey returns distinct keys cheaply (no hashing), spread over the shards.
+func nthKey(i uint64) idempotency.Key {
+	var k idempotency.Key
+	binary.LittleEndian.PutUint64(k[:], i*0x9E3779B97F4A7C15)
+	binary.LittleEndian.PutUint64(k[8:], i)
+	return k
+}
+
+// TestMemoryBounds pushes 1,000,000 distinct keys through a store bounded to
+// 10,000 records and checks the bounds hold throughout.
+func TestMemoryBounds(t *testing.T) {
+	n := 1_000_000
+	if testing.Short() {
+		n = 100_000
+	}
+	const maxEntries, maxBytes = 10_000, 4 << 20
+	clk := clock.NewFake(time.Time{})
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxEntries: maxEntries, MaxBytes: maxBytes, Clock: clk})
+	ctx := context.Background()
+	resp := idempotency.Response{Status: 200, Body: make([]byte, 200)}
+	for i := range n {
+		k := nthKey(uint64(i))
+		r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.Claimed, r.Status)
+		if i%10 == 0 {
+			require.NoError(t, s.Release(ctx, k, r.Owner)) // a 5xx: forgotten
+		} else {
+			require.NoError(t, s.Complete(ctx, k, r.Owner, resp, 24*time.Hour))
+		}
+		if i%50_000 == 0 {
+			require.LessOrEqual(t, s.Len(), maxEntries)
+			require.LessOrEqual(t, s.Bytes(), int64(maxBytes))
+			clk.Advance(time.Second)
+		}
+	}
+	require.LessOrEqual(t, s.Len(), maxEntries)
+	require.LessOrEqual(t, s.Bytes(), int64(maxBytes))
+	require.Greater(t, s.Len(), maxEntries/2, "eviction keeps the store useful")
+
+	// The newest record is still replayed.
+	last := nthKey(uint64(n - 1))
+	r, err := s.Claim(ctx, last, idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.Completed, r.Status)
+}
+
+// TestMemoryExpiredRecordsVanish: expired records are removed as traffic
+// flows, without waiting for the store to fill.
+func TestMemoryExpiredRecordsVanish(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{Clock: clk})
+	ctx := context.Background()
+	for i := range 1000 {
+		k := nthKey(uint64(i))
+		r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+		require.NoError(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Status: 200}, time.Hour))
+	}
+	require.Equal(t, 1000, s.Len())
+	clk.Advance(time.Hour)
+	for i := 1000; i < 2000; i++ {
+		_, err := s.Claim(ctx, nthKey(uint64(i)), idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 1000, s.Len(), "each claim removed expired records")
+	require.Equal(t, int64(1000*idempotency.EntryOverhead), s.Bytes())
+}
+
+// TestMemoryNeverEvictsInFlight: a store full of leases refuses new claims
+// rather than dropping a running request's lease.
+func TestMemoryNeverEvictsInFlight(t *testing.T) {
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxEntries: 4, MaxBytes: 1 << 20})
+	ctx := context.Background()
+	var owners []idempotency.Token
+	i := uint64(0)
+	for ; len(owners) < 4; i++ {
+		r, err := s.Claim(ctx, nthKey(i), idempotency.Fingerprint{}, time.Minute)
+		if err != nil {
+			require.ErrorIs(t, err, idempotency.ErrStoreFull)
+			break
+		}
+		owners = append(owners, r.Owner)
+	}
+	require.LessOrEqual(t, s.Len(), 4)
+	_, err := s.Claim(ctx, nthKey(1000), idempotency.Fingerprint{}, time.Minute)
+	if err == nil {
+		// The new key landed in a shard with room; fill until full.
+		for j := uint64(1001); err == nil; j++ {
+			_, err = s.Claim(ctx, nthKey(j), idempotency.Fingerprint{}, time.Minute)
+		}
+	}
+	require.ErrorIs(t, err, idempotency.ErrStoreFull)
+	// Every lease still holds.
+	for j := uint64(0); j < uint64(len(owners)); j++ {
+		require.NoError(t, s.Extend(ctx, nthKey(j), owners[j], time.Minute))
+	}
+}
+
+// TestMemoryBytesBound: a response larger than the budget is refused, and
+// completed responses are evicted to make room for new ones.
+func TestMemoryBytesBound(t *testing.T) {
+	const budget = 8 * 1024
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxEntries: 1000, MaxBytes: budget})
+	ctx := context.Background()
+	k := nthKey(1)
+	r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.ErrorIs(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Body: make([]byte, budget)}, time.Hour), idempotency.ErrStoreFull)
+	require.NoError(t, s.Release(ctx, k, r.Owner))
+	for i := range uint64(100) {
+		k := nthKey(i + 10)
+		r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+		require.NoError(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Body: make([]byte, 1000)}, time.Hour))
+		require.LessOrEqual(t, s.Bytes(), int64(budget))
+	}
+}
