@@ -1,79 +1,81 @@
 package bench
 
 import (
-	"context"
 	"testing"
+	"time"
 
 	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/failsafe-go/failsafe-go"
+	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 )
 
 // Breaker: permit + success on a closed breaker, the adapters' hot path.
+// Each breaker is configured alike where the library allows it: a window of
+// the last 100 calls that opens at 50% failures, 30s open.
+// Reference: gobreaker-Execute.
 
 func BenchmarkBreaker(b *testing.B) {
-	ctx := context.Background()
-	ok := func(context.Context) error { return nil }
-	variants := []struct {
-		name string
-		call func() error
-	}{
-		{"bare", func() error { return ok(ctx) }},
-		{"bulwark-two-phase", func() func() error {
+	variants := []variant{
+		{"bare", func(int) error { return ok(bg) }},
+		{"bulwark-two-phase", func() func(int) error {
 			br := breaker.New("bench", breaker.WithRegisterer(prometheus.NewRegistry()))
-			return func() error {
+			return func(int) error {
 				p, err := br.Allow()
 				if err != nil {
 					return err
 				}
-				err = ok(ctx)
+				err = ok(bg)
 				p.Done(err)
 				return err
 			}
 		}()},
-		{"bulwark-Do", func() func() error {
+		{"bulwark-Do", func() func(int) error {
 			br := breaker.New("bench", breaker.WithRegisterer(prometheus.NewRegistry()))
-			return func() error { return br.Do(ctx, ok) }
+			return func(int) error { return br.Do(bg, ok) }
 		}()},
-		{"gobreaker-Execute", func() func() error {
+		{"gobreaker-Execute", func() func(int) error {
 			cb := gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{Name: "bench"})
-			return func() error {
-				_, err := cb.Execute(func() (struct{}, error) { return struct{}{}, ok(ctx) })
+			return func(int) error {
+				_, err := cb.Execute(func() (struct{}, error) { return struct{}{}, ok(bg) })
 				return err
 			}
 		}()},
-		{"gobreaker-two-step", func() func() error {
+		{"gobreaker-two-step", func() func(int) error {
 			cb := gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{Name: "bench"})
-			return func() error {
+			return func(int) error {
 				done, err := cb.Allow()
 				if err != nil {
 					return err
 				}
-				err = ok(ctx)
+				err = ok(bg)
 				done(err)
 				return err
 			}
 		}()},
-	}
-	for _, v := range variants {
-		b.Run(v.name+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := v.call(); err != nil {
-					b.Fatal(err)
+		{"failsafe-Run", func() func(int) error {
+			ex := failsafe.With[any](newFailsafeBreaker())
+			return func(int) error { return ex.Run(func() error { return ok(bg) }) }
+		}()},
+		{"failsafe-two-step", func() func(int) error {
+			cb := newFailsafeBreaker()
+			return func(int) error {
+				if !cb.TryAcquirePermit() {
+					return circuitbreaker.ErrOpen
 				}
+				err := ok(bg)
+				cb.RecordError(err)
+				return err
 			}
-		})
-		b.Run(v.name+"/parallel", func(b *testing.B) {
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := v.call(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
+		}()},
 	}
+	runVariants(b, variants, 0)
+}
+
+func newFailsafeBreaker() circuitbreaker.CircuitBreaker[any] {
+	return circuitbreaker.NewBuilder[any]().
+		WithFailureThresholdRatio(50, 100).
+		WithDelay(30 * time.Second).
+		Build()
 }

@@ -4,8 +4,12 @@ go 1.26.0
 
 require (
 	github.com/bulwark-go/bulwark v0.0.0
+	github.com/failsafe-go/failsafe-go v0.9.8
 	github.com/prometheus/client_golang v1.25.0
+	go.uber.org/goleak v1.3.0
 )
+
+require github.com/bits-and-blooms/bitset v1.24.4 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

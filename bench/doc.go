@@ -1,0 +1,10 @@
+// Package bench measures bulwark against its peers doing the same work in the
+// same run: sony/gobreaker, failsafe-go, cenkalti/backoff, x/time/rate,
+// x/sync/semaphore and go-redis/redis_rate, with a bare call as the floor.
+//
+// It is a separate module so that the peers never become dependencies of
+// bulwark's users. The benchmarks are named
+// Benchmark<Group>/<variant>/<serial|parallel>; bench/run runs them several
+// times and cmd/benchtable turns the output into a markdown table of medians
+// and ratios to each group's reference peer.
+package bench
