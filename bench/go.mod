@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/bulwark-go/bulwark v0.0.0
+	github.com/cenkalti/backoff/v4 v4.3.0
 	github.com/failsafe-go/failsafe-go v0.9.8
 	github.com/prometheus/client_golang v1.25.0
 	go.uber.org/goleak v1.3.0
