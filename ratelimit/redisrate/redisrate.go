@@ -149,7 +149,7 @@ func WithPolicy(name string) Option {
 // under the key ""; use [ratelimit.For] for another key.
 type Limiter struct {
 	name     string
-	rdb      redis.Scripter
+	rdb      redis.UniversalClient
 	script   *redis.Script
 	burst    int
 	interval time.Duration // per unit, a whole number of microseconds
@@ -158,15 +158,16 @@ type Limiter struct {
 	head     string // prefix + name + ":"
 	timeout  time.Duration
 	mode     FailureMode
-	// Script arguments boxed once, so a decision does not box them again.
-	intervalArg, burstArg any
+	// Command arguments boxed once, so a decision does not box them again.
+	shaArg, intervalArg, burstArg any
 	m                     rlmetrics.Decisions
 	store                 prometheus.Observer
 }
 
 // New returns a limiter named name (the metric label and part of every key)
 // that keeps its state in Redis through rdb — a *redis.Client,
-// *redis.ClusterClient or *redis.Ring — and allows r units per second per key
+// *redis.ClusterClient or *redis.Ring, built with ContextTimeoutEnabled (see
+// [WithTimeout]) — and allows r units per second per key
 // with bursts of up to burst.
 //
 // The time per unit, 1/r, is kept in whole microseconds (rounded to the
@@ -174,7 +175,7 @@ type Limiter struct {
 // outside (0, 1e6] or a burst below 1: configuration mistakes, caught before
 // any request. It does no I/O; the script is sent to Redis by the first
 // decision that finds it missing.
-func New(name string, rdb redis.Scripter, r rate.Limit, burst int, opts ...Option) *Limiter {
+func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts ...Option) *Limiter {
 	if !(r > 0 && r <= 1e6) || burst < 1 {
 		panic(fmt.Sprintf("redisrate: New(%q): rate %v must be in (0, 1e6] and burst %d positive", name, r, burst))
 	}
@@ -186,10 +187,12 @@ func New(name string, rdb redis.Scripter, r rate.Limit, burst int, opts ...Optio
 		o(&c)
 	}
 	us := int64(math.Round(1e6 / float64(r)))
+	script := redis.NewScript(gcraSource)
 	return &Limiter{
 		name:        name,
 		rdb:         rdb,
-		script:      redis.NewScript(gcraSource),
+		script:      script,
+		shaArg:      script.Hash(),
 		burst:       burst,
 		interval:    time.Duration(us) * time.Microsecond,
 		policy:      c.policy,
@@ -232,33 +235,48 @@ func (l *Limiter) Do(ctx context.Context, fn func(context.Context) error) error 
 }
 
 // decide runs the script; now, when not nil, replaces Redis's clock (tests).
+//
+// It sends EVALSHA through Process rather than Script.Run, which builds the
+// same command with more allocations; when the server does not know the
+// script (a fresh or flushed Redis, a failover), it falls back to EVAL, which
+// also caches the script for the next decisions.
 func (l *Limiter) decide(ctx context.Context, key string, cost int, now *time.Time) (ratelimit.Decision, error) {
 	rctx, cancel := ctx, context.CancelFunc(nil)
-	if l.timeout > 0 {
+	if dl, ok := ctx.Deadline(); l.timeout > 0 && (!ok || time.Until(dl) > l.timeout) {
+		// A caller's deadline that comes sooner already bounds the call.
 		rctx, cancel = context.WithTimeout(ctx, l.timeout)
 	}
-	keys := []string{l.redisKey(key)}
-	start := time.Now()
+	rkey := l.redisKey(key)
 	var cmd *redis.Cmd
 	if now == nil {
-		cmd = l.script.Run(rctx, l.rdb, keys, l.intervalArg, l.burstArg, cost)
+		cmd = redis.NewCmd(rctx, "evalsha", l.shaArg, "1", rkey, l.intervalArg, l.burstArg, cost)
 	} else {
-		cmd = l.script.Run(rctx, l.rdb, keys, l.intervalArg, l.burstArg, cost, now.UnixMicro())
+		cmd = redis.NewCmd(rctx, "evalsha", l.shaArg, "1", rkey, l.intervalArg, l.burstArg, cost, now.UnixMicro())
 	}
-	reply, err := cmd.Slice()
+	cmd.SetFirstKeyPos(3)
+	start := time.Now()
+	err := l.rdb.Process(rctx, cmd)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		args := cmd.Args()[4:]
+		cmd = l.script.Eval(rctx, l.rdb, []string{rkey}, args...)
+		err = cmd.Err()
+	}
 	l.store.Observe(time.Since(start).Seconds())
 	if cancel != nil {
 		cancel()
 	}
 	if err == nil {
-		var d ratelimit.Decision
-		if d, err = l.parse(reply); err == nil {
-			if d.Allowed {
-				l.m.Allowed.Inc()
-			} else {
-				l.m.Denied.Inc()
+		var reply []any
+		if reply, err = cmd.Slice(); err == nil {
+			var d ratelimit.Decision
+			if d, err = l.parse(reply); err == nil {
+				if d.Allowed {
+					l.m.Allowed.Inc()
+				} else {
+					l.m.Denied.Inc()
+				}
+				return d, nil
 			}
-			return d, nil
 		}
 	}
 	return l.fail(ctx, key, cost, err)

@@ -531,3 +531,31 @@ func TestDoAndMetrics(t *testing.T) {
 	require.Equal(t, 6, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
 	require.False(t, errors.Is(err, ErrUnavailable))
 }
+
+func TestNoScriptFallsBackToEval(t *testing.T) {
+	t.Parallel()
+	rdb := newClient(t, testenv.RedisAddr(t))
+	prefix := testPrefix(t, rdb)
+	l := New("noscript", rdb, 1, 5, WithKeyPrefix(prefix), WithFailureMode(FailClosed()))
+	allow(t, l, "warm", 0) // open the connection before counting
+	counter := &commandCounter{}
+	rdb.AddHook(counter)
+	l.shaArg = strings.Repeat("0", 40) // a digest the server cannot know
+	d := allow(t, l, "k", 2)
+	require.True(t, d.Allowed)
+	require.Equal(t, 3, d.Remaining)
+	require.Equal(t, []string{"evalsha", "eval"}, counter.take())
+}
+
+func TestCallerDeadlineBoundsDecision(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, testenv.RedisAddr(t))
+	p.stall.Store(true)
+	l := New("deadline", newClient(t, p.Addr()), 1, 5, WithTimeout(time.Minute))
+	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := l.Allow(ctx, "k", 1)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the caller's deadline, not a failure to fail open on")
+	require.Less(t, time.Since(start), time.Second)
+}

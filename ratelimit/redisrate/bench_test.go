@@ -1,0 +1,52 @@
+package redisrate
+
+import (
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/bulwark-go/bulwark/internal/testenv"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BenchmarkAllow measures allowed decisions that write state, metrics on,
+// against the real Redis: serial, and with about 64 goroutines
+// (b.SetParallelism), reporting decisions per second.
+func BenchmarkAllow(b *testing.B) {
+	rdb := newClient(b, testenv.RedisAddr(b))
+	l := New("bench", rdb, 1e6, 1_000_000_000, WithKeyPrefix(testPrefix(b, rdb)),
+		WithRegisterer(prometheus.NewRegistry()), WithFailureMode(FailClosed()))
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = "client-" + strconv.Itoa(i)
+	}
+	if _, err := l.Allow(bg, "warm", 1); err != nil { // loads the script
+		b.Fatal(err)
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if d, err := l.Allow(bg, keys[i%len(keys)], 1); err != nil || !d.Allowed {
+				b.Fatal(d, err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
+	})
+	b.Run("parallel64", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism((64 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		var g atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(g.Add(1)) * 37
+			for pb.Next() {
+				i++
+				if d, err := l.Allow(bg, keys[i%len(keys)], 1); err != nil || !d.Allowed {
+					b.Error(d, err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
+	})
+}
