@@ -160,8 +160,8 @@ type Limiter struct {
 	mode     FailureMode
 	// Command arguments boxed once, so a decision does not box them again.
 	shaArg, intervalArg, burstArg any
-	m                     rlmetrics.Decisions
-	store                 prometheus.Observer
+	m                             rlmetrics.Decisions
+	store                         prometheus.Observer
 }
 
 // New returns a limiter named name (the metric label and part of every key)
