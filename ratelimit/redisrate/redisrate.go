@@ -306,6 +306,11 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 	if cerr := ctx.Err(); cerr != nil {
 		return l.policyOnly(false), cerr
 	}
+	// A socket deadline taken from ctx can expire a moment before ctx's own
+	// timer marks it done: that failure too is the caller's deadline.
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return l.policyOnly(false), context.DeadlineExceeded
+	}
 	switch l.mode.kind {
 	case failClosed:
 		return l.policyOnly(false), fmt.Errorf("%w: %w", ErrUnavailable, err)
