@@ -26,30 +26,49 @@ type variant struct {
 	call func(i int) error
 }
 
+// runOpts adjusts runVariants.
+type runOpts struct {
+	// parallelism, when positive, is the number of goroutines RunParallel
+	// uses (rounded up to a multiple of GOMAXPROCS); by default GOMAXPROCS.
+	parallelism int
+	// rateUnit, when set, reports operations per second under that unit.
+	rateUnit string
+	// counters are reset before each run and reported per operation.
+	counters []counter
+}
+
+// counter is an event count that a benchmark reports per operation, such as
+// the Redis commands sent.
+type counter struct {
+	unit string // e.g. "cmds/op"
+	n    *atomic.Int64
+}
+
 // runVariants runs each variant as <variant>/serial and <variant>/parallel,
-// allocations reported. parallelism, when positive, is the number of
-// goroutines RunParallel should use (rounded up to a multiple of
-// GOMAXPROCS); otherwise it uses GOMAXPROCS goroutines.
-func runVariants(b *testing.B, vs []variant, parallelism int) {
+// allocations reported.
+func runVariants(b *testing.B, vs []variant, o runOpts) {
 	b.Helper()
 	for _, v := range vs {
 		b.Run(v.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
+			o.reset()
 			for i := 0; b.Loop(); i++ {
 				if err := v.call(i); err != nil {
 					b.Fatal(err)
 				}
 			}
+			o.report(b)
 		})
 		// The goroutine counter outlives the calibration runs so that no two
 		// goroutines of any run share a range of i.
 		var g atomic.Int64
 		b.Run(v.name+"/parallel", func(b *testing.B) {
 			b.ReportAllocs()
-			if parallelism > 0 {
+			if o.parallelism > 0 {
 				procs := runtime.GOMAXPROCS(0)
-				b.SetParallelism((parallelism + procs - 1) / procs)
+				b.SetParallelism((o.parallelism + procs - 1) / procs)
 			}
+			o.reset()
 			b.RunParallel(func(pb *testing.PB) {
 				i := int(g.Add(1)) << 32
 				for pb.Next() {
@@ -60,6 +79,25 @@ func runVariants(b *testing.B, vs []variant, parallelism int) {
 					i++
 				}
 			})
+			o.report(b)
 		})
+	}
+}
+
+func (o runOpts) reset() {
+	for _, c := range o.counters {
+		c.n.Store(0)
+	}
+}
+
+func (o runOpts) report(b *testing.B) {
+	if b.N == 0 {
+		return
+	}
+	if o.rateUnit != "" {
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), o.rateUnit)
+	}
+	for _, c := range o.counters {
+		b.ReportMetric(float64(c.n.Load())/float64(b.N), c.unit)
 	}
 }

@@ -70,7 +70,7 @@ func BenchmarkBreaker(b *testing.B) {
 			}
 		}()},
 	}
-	runVariants(b, variants, 0)
+	runVariants(b, variants, runOpts{})
 }
 
 func newFailsafeBreaker() circuitbreaker.CircuitBreaker[any] {

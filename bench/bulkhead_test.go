@@ -64,5 +64,5 @@ func BenchmarkBulkhead(b *testing.B) {
 			return func(int) error { return ex.Run(func() error { return ok(bg) }) }
 		}()},
 	}
-	runVariants(b, variants, 0)
+	runVariants(b, variants, runOpts{})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/bulwark-go/bulwark/idempotency"
 )
@@ -32,8 +33,9 @@ func idemKey(i int) (k idempotency.Key) {
 	return k
 }
 
-// claimComplete returns a call that claims the i-th key in s and completes it.
-func claimComplete(s idempotency.Store) func(int) error {
+// claimComplete returns a call that claims the i-th key in s and completes it,
+// keeping the response for retention.
+func claimComplete(s idempotency.Store, retention time.Duration) func(int) error {
 	return func(i int) error {
 		k := idemKey(i)
 		res, err := s.Claim(bg, k, idemFingerprint, idempotency.DefaultLease)
@@ -43,14 +45,14 @@ func claimComplete(s idempotency.Store) func(int) error {
 		if res.Status != idempotency.Claimed {
 			return fmt.Errorf("bench: claim of a new key: %v", res.Status)
 		}
-		return s.Complete(bg, k, res.Owner, idemResponse, idempotency.DefaultRetention)
+		return s.Complete(bg, k, res.Owner, idemResponse, retention)
 	}
 }
 
 func BenchmarkIdempotency(b *testing.B) {
 	variants := []variant{
 		{"bare", func(int) error { return ok(bg) }},
-		{"bulwark-memory", claimComplete(idempotency.NewMemoryStore(idempotency.MemoryConfig{}))},
+		{"bulwark-memory", claimComplete(idempotency.NewMemoryStore(idempotency.MemoryConfig{}), idempotency.DefaultRetention)},
 	}
-	runVariants(b, variants, 0)
+	runVariants(b, variants, runOpts{})
 }

@@ -28,6 +28,14 @@ const (
 
 var errDenied = errors.New("bench: denied")
 
+// allowedErr turns a limiter's answer into the call's error.
+func allowedErr(allowed bool) error {
+	if !allowed {
+		return errDenied
+	}
+	return nil
+}
+
 func limiterKeyNames() []string {
 	keys := make([]string, limiterKeys)
 	for i := range keys {
@@ -38,12 +46,7 @@ func limiterKeyNames() []string {
 
 func BenchmarkLimiter(b *testing.B) {
 	keys := limiterKeyNames()
-	allowed := func(ok bool) error {
-		if !ok {
-			return errDenied
-		}
-		return nil
-	}
+	allowed := allowedErr
 	variants := []variant{
 		{"bare", func(int) error { return ok(bg) }},
 		{"bulwark-Local", func() func(int) error {
@@ -92,5 +95,5 @@ func BenchmarkLimiter(b *testing.B) {
 			return func(i int) error { return allowed(lims[i%limiterKeys].TryAcquirePermit()) }
 		}()},
 	}
-	runVariants(b, variants, 0)
+	runVariants(b, variants, runOpts{})
 }

@@ -50,5 +50,5 @@ func BenchmarkRetry(b *testing.B) {
 			return func(int) error { return ex.Run(func() error { return ok(bg) }) }
 		}()},
 	}
-	runVariants(b, variants, 0)
+	runVariants(b, variants, runOpts{})
 }
