@@ -1,0 +1,2 @@
+// Package httpmw adapts bulwark's primitives to net/http.
+package httpmw
