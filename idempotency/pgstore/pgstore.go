@@ -191,4 +191,3 @@ func fenced(op string, tag pgconn.CommandTag, err error) error {
 	}
 	return nil
 }
-
