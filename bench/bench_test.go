@@ -49,19 +49,22 @@ type counter struct {
 func runVariants(b *testing.B, vs []variant, o runOpts) {
 	b.Helper()
 	for _, v := range vs {
+		// The counters outlive the runs (-count repeats each sub-benchmark,
+		// RunParallel's calibration repeats its function) so that no i is
+		// used twice: serial runs count from 0, each parallel goroutine from
+		// a multiple of 2³².
+		var serial int
+		var g atomic.Int64
 		b.Run(v.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
 			o.reset()
-			for i := 0; b.Loop(); i++ {
-				if err := v.call(i); err != nil {
+			for ; b.Loop(); serial++ {
+				if err := v.call(serial); err != nil {
 					b.Fatal(err)
 				}
 			}
 			o.report(b)
 		})
-		// The goroutine counter outlives the calibration runs so that no two
-		// goroutines of any run share a range of i.
-		var g atomic.Int64
 		b.Run(v.name+"/parallel", func(b *testing.B) {
 			b.ReportAllocs()
 			if o.parallelism > 0 {

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const sample = `goos: linux
+cpu: Test CPU
+BenchmarkBreaker/bare/serial-2         	65105331	         3.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/bulwark-two-phase/serial-2         	13530164	        30 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/gobreaker-Execute/serial-2         	 1239694	       200 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/bulwark-two-phase/parallel-2       	 9474972	        50 ns/op	       16 B/op	       1 allocs/op
+BenchmarkBreaker/gobreaker-Execute/parallel-2         	 1239694	       100 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/bulwark-two-phase/serial-2         	--- FAIL: BenchmarkBreaker/bulwark-two-phase/serial
+BenchmarkBreaker/bulwark-two-phase/serial-2         	13530164	        10 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/gobreaker-Execute/serial-2         	 1239694	       100 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/bulwark-two-phase/serial-2         	13530164	        20 ns/op	       0 B/op	       0 allocs/op
+BenchmarkBreaker/gobreaker-Execute/serial-2         	 1239694	       150 ns/op	       0 B/op	       0 allocs/op
+BenchmarkRedisLimiter/bulwark-redisrate/parallel-2 	 7309	     1000 ns/op	         1.000 cmds/op	     39000 decisions/s	     856 B/op	      15 allocs/op
+BenchmarkRedisLimiter/redis_rate/parallel-2 	 7309	     1000 ns/op	         1.000 cmds/op	     30000 decisions/s	     856 B/op	      22 allocs/op
+BenchmarkNew/x/a/b/serial-4 	 10	     5 ns/op
+PASS
+`
+
+func TestParse(t *testing.T) {
+	res := &results{series: map[id]series{}}
+	require.NoError(t, res.parse(strings.NewReader(sample)))
+	require.Equal(t, "Test CPU", res.cpu)
+	require.Equal(t, 4, res.procs)
+	s := res.series[id{"Breaker", "bulwark-two-phase", "serial"}]
+	require.Equal(t, []float64{30, 10, 20}, s["ns/op"])
+	v, ok := s.value("ns/op")
+	require.True(t, ok)
+	require.Equal(t, 20.0, v)
+	require.Contains(t, res.series, id{"New", "x/a/b", "serial"})
+	require.Equal(t, id{"Breaker", "bare", "serial"}, res.order[0])
+}
+
+func TestSplitName(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want id
+	}{
+		{"Breaker", id{group: "Breaker"}},
+		{"Breaker/bare", id{"Breaker", "bare", ""}},
+		{"Breaker/bare/serial", id{"Breaker", "bare", "serial"}},
+		{"HTTP/a/b/parallel", id{"HTTP", "a/b", "parallel"}},
+	} {
+		require.Equal(t, tc.want, splitName(tc.in), tc.in)
+	}
+}
+
+func TestMedianSpread(t *testing.T) {
+	require.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	require.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	require.InDelta(t, 0.5, spread([]float64{1, 2, 3}), 1e-9)
+	require.Zero(t, spread([]float64{7}))
+}
+
+func TestBound(t *testing.T) {
+	require.True(t, atMost(0.25).ok(0.25))
+	require.False(t, atMost(0.25).ok(0.3))
+	require.Equal(t, "by 20%", atMost(0.25).miss(0.3))
+	require.True(t, atLeast(1.3).ok(1.4))
+	require.False(t, atLeast(1.3).ok(0.65))
+	require.Equal(t, "by 50%", atLeast(1.3).miss(0.65))
+	require.Equal(t, "by 2", atMost(0).miss(2))
+}
+
+func TestTable(t *testing.T) {
+	res := &results{series: map[id]series{}}
+	require.NoError(t, res.parse(strings.NewReader(sample)))
+	var out bytes.Buffer
+	newTable(res, groups, nil).write(&out, "bench/run", time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC))
+	got := out.String()
+	for _, want := range []string{
+		"Measured 2030-01-02 on ",
+		"median of 1–3 runs",
+		"| Breaker serial | bulwark-two-phase | 20 ±50% | 0 | 0 | 0.13 |  |",
+		"| Breaker serial | gobreaker-Execute | 150 ±33% | 0 | 0 | 1 (ref) |  |",
+		"| Breaker parallel | bulwark-two-phase | 50 | 1 | 16 | 0.50 |  |",
+		"| RedisLimiter parallel | bulwark-redisrate | 1000 | 15 | 856 | 1.30 | 1 cmds/op, 39.0k decisions/s |",
+		"| New serial | x/a/b | 5 |  |  |  |  |",
+		"- met: Breaker serial bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.13 (≤ 0.25); allocs/op 0 (≤ 0)",
+		"- **missed**: Breaker parallel bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.50 (≤ 0.25, missed by 100%); allocs/op 1 (≤ 0, missed by 1)",
+		"- **missed**: RedisLimiter parallel bulwark-redisrate — decisions/s ratio to redis_rate 1.30 (≥ 1.30); allocs/op 15 (≤ 8, missed by 88%); cmds/op 1 (≤ 1)",
+	} {
+		require.Contains(t, got, want)
+	}
+	// serial rows come before parallel rows, groups in config order.
+	require.Less(t, strings.Index(got, "| Breaker serial | bare"), strings.Index(got, "| Breaker parallel"))
+	require.Less(t, strings.Index(got, "| Breaker parallel"), strings.Index(got, "| RedisLimiter"))
+	require.Less(t, strings.Index(got, "| RedisLimiter"), strings.Index(got, "| New serial"))
+}
+
+func TestRefOverride(t *testing.T) {
+	res := &results{series: map[id]series{}}
+	require.NoError(t, res.parse(strings.NewReader(sample)))
+	var out bytes.Buffer
+	newTable(res, groups, map[string]string{"Breaker": "bare"}).write(&out, "x", time.Now())
+	require.Contains(t, out.String(), "| Breaker serial | bare | 3 | 0 | 0 | 1 (ref) |  |")
+}
