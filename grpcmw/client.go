@@ -1,0 +1,335 @@
+package grpcmw
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/bulwark-go/bulwark/ratelimit"
+)
+
+// waiter is the client-side throttling form of a limiter ([ratelimit.Local]).
+type waiter interface {
+	Wait(ctx context.Context, key string) error
+}
+
+// client holds the configuration of the client interceptors; read-only once
+// built, so the interceptors are safe for concurrent use.
+type client struct {
+	config
+	waiter waiter
+	// states recycles the per-call trailer capture, so that a call that
+	// succeeds at once allocates nothing.
+	states sync.Pool
+}
+
+type callState struct {
+	trailer metadata.MD
+	opts    []grpc.CallOption
+}
+
+func newClient(opts []Option) *client {
+	c := &client{config: newConfig(opts)}
+	if w, ok := c.limiter.(waiter); ok {
+		c.waiter = w
+	}
+	c.states.New = func() any { return new(callState) }
+	return c
+}
+
+// UnaryClientInterceptor returns a unary client interceptor that runs each
+// call under the retry policy ([WithRetry]); every attempt waits for the rate
+// limiter ([WithRateLimit]), takes a bulkhead slot ([WithBulkhead]) and asks
+// the breaker ([WithBreaker], [WithBreakers]) before it reaches the network.
+//
+// Retries: an attempt is retried when its code is retryable
+// ([WithRetryableCodes]; Unavailable and ResourceExhausted by default) or the
+// policy's per-attempt timeout ended it, and the policy allows (attempts,
+// budget, deadline). The wait is the server's grpc-retry-pushback-ms trailer,
+// else its RetryInfo detail, else the policy's backoff. Attempts after the
+// first carry grpc-previous-rpc-attempts. With [WithIdempotencyKeys] every
+// attempt carries the same idempotency-key.
+//
+// The error returned is the last attempt's status error, unchanged, or the
+// status of the caller's context when it ended during a wait. A local
+// rejection is a status error (Unavailable for the breaker, ResourceExhausted
+// for the bulkhead and the limiter) that also matches the primitive's sentinel
+// (errors.Is(err, breaker.ErrOpen)). [ReportAttempts] tells how many attempts
+// ran.
+//
+// Per call, [WithMaxAttempts], [DisableRetry] and [WithIdempotencyKey]
+// override the interceptor's settings.
+//
+// Do not stack this retry with grpc-go's built-in one, or the attempt counts
+// multiply (3 × 3 = 9 attempts per call): dial with grpc.WithDisableRetry(),
+// or give the service config no retryPolicy. grpc-go's transparent retry of
+// calls that never left the client stays on either way; it does not send the
+// request twice.
+func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
+	return newClient(opts).unary
+}
+
+func (c *client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	co := scanCallOptions(opts)
+	if c.genKeys || co.key != "" {
+		ctx = withIdempotencyKey(ctx, co.key)
+	}
+	var b *breaker.Breaker
+	if c.breakers != nil {
+		b = c.breakers(target(cc), method)
+	}
+	if c.retry == nil || co.maxAttempts == 1 {
+		err, _ := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, false)
+		if co.attempts != nil {
+			*co.attempts = 1
+		}
+		return err
+	}
+	l := c.retry.Begin(ctx)
+	defer func() {
+		if co.attempts != nil {
+			*co.attempts = l.Attempt()
+		}
+	}()
+	for {
+		actx, cancel := l.Context()
+		if n := l.Attempt(); n > 1 {
+			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
+		}
+		err, hint := c.attempt(actx, method, req, reply, cc, invoker, opts, b, true)
+		if err == nil {
+			cancel()
+			l.Decide(nil)
+			return nil
+		}
+		verdict := c.classify(ctx, actx, err, hint)
+		cancel()
+		if co.maxAttempts > 0 && l.Attempt() >= co.maxAttempts {
+			verdict = bulwark.Permanent(err)
+		}
+		if !l.Decide(verdict) {
+			return err
+		}
+		if !l.Wait() {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// classify returns the error the retry policy decides on: err with the
+// server's hint, or err marked permanent when it must not be retried.
+func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hint) error {
+	code := codeOf(err)
+	switch {
+	case c.retryable.has(code):
+	case code == codes.DeadlineExceeded && actx.Err() != nil && ctx.Err() == nil:
+		// The policy's per-attempt timeout ended the attempt; the call goes on.
+		return err
+	default:
+		return bulwark.Permanent(err)
+	}
+	if hint != nil {
+		return bulwark.WithHint(err, *hint)
+	}
+	return err
+}
+
+// attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
+// When capture is set it also reads the server's retry hint from the trailer
+// and the status details of a failed attempt.
+func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture bool) (err error, hint *bulwark.Hint) {
+	if c.limiter != nil {
+		if err := c.throttle(ctx, method); err != nil {
+			return err, nil
+		}
+	}
+	if c.bulkhead != nil {
+		p, err := c.bulkhead.Acquire(ctx)
+		if err != nil {
+			return local(codes.ResourceExhausted, err), nil
+		}
+		defer p.Release()
+	}
+	if b == nil {
+		return c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
+	}
+	bp, aerr := b.Allow()
+	if aerr != nil {
+		return local(codes.Unavailable, aerr), nil
+	}
+	done := false
+	defer func() {
+		if !done { // the invoker panicked
+			bp.Report(breaker.Failure)
+		}
+	}()
+	err, hint = c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
+	done = true
+	bp.Report(c.outcome(ctx, err))
+	return err, hint
+}
+
+// invoke calls the invoker, capturing the trailer when asked to.
+func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, capture bool) (err error, hint *bulwark.Hint) {
+	if !capture {
+		return invoker(ctx, method, req, reply, cc, opts...), nil
+	}
+	st := c.states.Get().(*callState)
+	st.opts = append(append(st.opts[:0], opts...), grpc.TrailerCallOption{TrailerAddr: &st.trailer})
+	err = invoker(ctx, method, req, reply, cc, st.opts...)
+	if err != nil {
+		s, _ := status.FromError(err)
+		if h, ok := serverHint(s, st.trailer); ok {
+			hint = &h
+		}
+	}
+	clear(st.opts)
+	st.opts, st.trailer = st.opts[:0], nil
+	c.states.Put(st)
+	return err, hint
+}
+
+// throttle waits for, or asks, the limiter.
+func (c *client) throttle(ctx context.Context, method string) error {
+	key := c.limitKey(ctx, method)
+	if c.waiter != nil {
+		err := c.waiter.Wait(ctx, key)
+		if err != nil && ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if err != nil {
+			return local(codes.ResourceExhausted, err)
+		}
+		return nil
+	}
+	d, err := c.limiter.Allow(ctx, key, 1)
+	if err != nil {
+		return local(codes.Unavailable, err)
+	}
+	if !d.Allowed {
+		return local(codes.ResourceExhausted, &ratelimit.LimitedError{Decision: d})
+	}
+	return nil
+}
+
+// local turns a primitive's refusal into a status error, or the context's
+// status when the refusal is the context ending.
+func local(code codes.Code, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		var le *ratelimit.LimitedError
+		if !errors.As(err, &le) { // a limiter's "cannot make the deadline" keeps its hint
+			return status.FromContextError(err).Err()
+		}
+	}
+	return &localError{code: code, err: err}
+}
+
+// outcome classifies an attempt for the breaker: the caller's cancellation
+// says nothing about the server.
+func (c *client) outcome(ctx context.Context, err error) breaker.Outcome {
+	if err == nil {
+		return breaker.Success
+	}
+	code := codeOf(err)
+	if code == codes.Canceled || errors.Is(ctx.Err(), context.Canceled) {
+		return breaker.Ignored
+	}
+	if c.failureCodes.has(code) {
+		return breaker.Failure
+	}
+	return breaker.Success
+}
+
+func target(cc *grpc.ClientConn) string {
+	if cc == nil {
+		return ""
+	}
+	return cc.Target()
+}
+
+// withIdempotencyKey returns ctx with an idempotency-key in its outgoing
+// metadata: key when given, the key already there, or a new random one.
+func withIdempotencyKey(ctx context.Context, key string) context.Context {
+	if md, ok := metadata.FromOutgoingContext(ctx); ok && len(md.Get(IdempotencyKeyHeader)) > 0 {
+		if key == "" {
+			return ctx
+		}
+		md = md.Copy()
+		md.Set(IdempotencyKeyHeader, key)
+		return metadata.NewOutgoingContext(ctx, md)
+	}
+	if key == "" {
+		key = NewIdempotencyKey()
+	}
+	return metadata.AppendToOutgoingContext(ctx, IdempotencyKeyHeader, key)
+}
+
+// NewIdempotencyKey returns a random idempotency key: 128 bits from
+// crypto/rand in unpadded base64url, 22 characters.
+func NewIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// callOption is the grpc.CallOption of this package: grpc-go ignores it and
+// the interceptors read it.
+type callOption struct {
+	grpc.EmptyCallOption
+	apply func(*callOptions)
+}
+
+type callOptions struct {
+	maxAttempts int
+	key         string
+	attempts    *int
+}
+
+func scanCallOptions(opts []grpc.CallOption) callOptions {
+	var co callOptions
+	for _, o := range opts {
+		if o, ok := o.(callOption); ok {
+			o.apply(&co)
+		}
+	}
+	return co
+}
+
+// WithMaxAttempts caps the attempts of one call at n in total, the first
+// included, below the retry policy's own limit (which it cannot raise).
+// WithMaxAttempts(1) is [DisableRetry]. It panics when n < 1.
+func WithMaxAttempts(n int) grpc.CallOption {
+	if n < 1 {
+		panic("grpcmw: WithMaxAttempts needs at least 1 attempt, got " + strconv.Itoa(n))
+	}
+	return callOption{apply: func(co *callOptions) { co.maxAttempts = n }}
+}
+
+// DisableRetry makes one call a single attempt. The limiter, the bulkhead and
+// the breaker still apply.
+func DisableRetry() grpc.CallOption { return WithMaxAttempts(1) }
+
+// WithIdempotencyKey sends key as the call's idempotency-key on every attempt,
+// whether or not the interceptor generates keys ([WithIdempotencyKeys]).
+func WithIdempotencyKey(key string) grpc.CallOption {
+	return callOption{apply: func(co *callOptions) { co.key = key }}
+}
+
+// ReportAttempts stores in *n the number of attempts the call made, the first
+// included, once the call returns (for a stream: once it is committed or has
+// failed; see [StreamClientInterceptor]).
+func ReportAttempts(n *int) grpc.CallOption {
+	return callOption{apply: func(co *callOptions) { co.attempts = n }}
+}

@@ -1,0 +1,395 @@
+package grpcmw
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/bulwark-go/bulwark/bulkhead"
+	"github.com/bulwark-go/bulwark/retry"
+)
+
+// StreamClientInterceptor returns a stream client interceptor with the same
+// options as [UnaryClientInterceptor]. The bulkhead slot is held for the whole
+// stream; the limiter and the breaker are asked for every attempt, and the
+// breaker learns an attempt's outcome when the attempt fails or, for the
+// attempt that is kept, when the stream ends (a stream abandoned by cancelling
+// its context is not counted).
+//
+// # When a stream is retried
+//
+// A stream is retried only while it is uncommitted, and it is committed — for
+// good — by the first of:
+//
+//   - a response message received (RecvMsg returned nil);
+//   - the stream ending cleanly (RecvMsg returned io.EOF);
+//   - response headers received (Header returned non-nil metadata);
+//   - the messages sent so far exceeding the replay buffer
+//     ([WithStreamBuffer]), since they could no longer be replayed;
+//   - a failure that is not retried (a non-retryable code, attempts, budget
+//     or deadline exhausted).
+//
+// While uncommitted, the interceptor keeps every message SendMsg was given
+// (the message values themselves: grpc-go's contract already forbids changing
+// a message after SendMsg). When opening the stream fails, or when RecvMsg
+// fails before any response message has arrived, with a retryable code, it
+// waits as the retry policy says, opens a new stream, sends the kept messages
+// again in order (and CloseSend if it had been called) and goes on reading
+// from the new stream. A server-streaming call's single request is always
+// replayable. The caller never sees a message twice, because no message was
+// delivered from an attempt that is given up; nor does it lose one it sent.
+//
+// A SendMsg that finds the attempt's stream already ended by the server
+// (io.EOF) is kept and reported as sent, as grpc-go's SendMsg does not promise
+// delivery anyway; the status then comes from RecvMsg as usual, after the
+// retry if one happens. The retry policy's per-attempt timeout does not apply
+// to streams, which may rightly live long.
+func StreamClientInterceptor(opts ...Option) grpc.StreamClientInterceptor {
+	return newClient(opts).stream
+}
+
+func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	co := scanCallOptions(opts)
+	rs := &retryStream{
+		c: c, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts,
+		attempts: co.attempts, maxAttempts: co.maxAttempts,
+	}
+	if c.breakers != nil {
+		rs.breaker = c.breakers(target(cc), method)
+	}
+	if c.bulkhead != nil {
+		p, err := c.bulkhead.Acquire(ctx)
+		if err != nil {
+			return nil, local(codes.ResourceExhausted, err)
+		}
+		rs.slot = p
+	}
+	if c.retry != nil && co.maxAttempts != 1 {
+		rs.loop = c.retry.Begin(ctx)
+		rs.retrying = true
+	}
+	if err := rs.openLoop(nil); err != nil {
+		return nil, err
+	}
+	rs.stopWatch = context.AfterFunc(ctx, rs.abandon)
+	return rs, nil
+}
+
+// retryStream is the stream handed to the caller: the current attempt's
+// stream plus what is needed to replace it while uncommitted.
+type retryStream struct {
+	c           *client
+	ctx         context.Context
+	desc        *grpc.StreamDesc
+	cc          *grpc.ClientConn
+	method      string
+	streamer    grpc.Streamer
+	opts        []grpc.CallOption
+	breaker     *breaker.Breaker
+	attempts    *int
+	maxAttempts int
+	retrying    bool
+	loop        retry.Loop // used only by the goroutine that opens or reads
+	stopWatch   func() bool
+
+	committed atomic.Bool
+	finished  atomic.Bool
+
+	mu         sync.Mutex // guards the fields below
+	cur        grpc.ClientStream
+	permit     breaker.Permit
+	hasPermit  bool
+	slot       bulkhead.Permit
+	sent       []any
+	sentBytes  int
+	overflow   bool // more was sent than the buffer holds: no replay
+	closedSend bool
+	broken     bool // cur's send side ended; sends are kept for the replay
+}
+
+// openLoop opens attempts until one is open or the policy gives up. last is
+// the error of the attempt that failed before, nil for the first.
+func (rs *retryStream) openLoop(last error) error {
+	for {
+		if last != nil {
+			if err := rs.again(last, nil); err != nil {
+				return err
+			}
+		}
+		err := rs.open()
+		if err == nil {
+			return nil
+		}
+		if !rs.retrying {
+			rs.fail(err)
+			return err
+		}
+		last = err
+	}
+}
+
+// again decides whether to retry after err and waits; it returns nil to go
+// on, or the error the caller gets after the stream has been failed.
+func (rs *retryStream) again(err error, trailer metadata.MD) error {
+	st, _ := status.FromError(err)
+	var hint *bulwark.Hint
+	if h, ok := serverHint(st, trailer); ok {
+		hint = &h
+	}
+	verdict := rs.c.classify(rs.ctx, rs.ctx, err, hint)
+	if rs.maxAttempts > 0 && rs.loop.Attempt() >= rs.maxAttempts {
+		verdict = bulwark.Permanent(err)
+	}
+	if !rs.loop.Decide(verdict) {
+		rs.fail(err)
+		return err
+	}
+	if !rs.loop.Wait() {
+		err = status.FromContextError(rs.ctx.Err()).Err()
+		rs.fail(err)
+		return err
+	}
+	return nil
+}
+
+// open makes one attempt: limiter, breaker, a new stream, and the replay of
+// what was sent so far.
+func (rs *retryStream) open() error {
+	ctx := rs.ctx
+	if rs.c.limiter != nil {
+		if err := rs.c.throttle(ctx, rs.method); err != nil {
+			return err
+		}
+	}
+	var bp breaker.Permit
+	if rs.breaker != nil {
+		var err error
+		if bp, err = rs.breaker.Allow(); err != nil {
+			return local(codes.Unavailable, err)
+		}
+	}
+	if rs.retrying {
+		if n := rs.loop.Attempt(); n > 1 {
+			ctx = metadata.AppendToOutgoingContext(ctx, PreviousAttemptsHeader, strconv.Itoa(n-1))
+		}
+	}
+	s, err := rs.streamer(ctx, rs.desc, rs.cc, rs.method, rs.opts...)
+	if err != nil {
+		bp.Report(rs.c.outcome(rs.ctx, err))
+		return err
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.cur, rs.permit, rs.hasPermit, rs.broken = s, bp, rs.breaker != nil, false
+	for _, m := range rs.sent {
+		if err := s.SendMsg(m); err != nil {
+			rs.broken = true // the status comes from RecvMsg
+			return nil
+		}
+	}
+	if rs.closedSend {
+		_ = s.CloseSend()
+	}
+	return nil
+}
+
+func (rs *retryStream) current() grpc.ClientStream {
+	if rs.committed.Load() {
+		return rs.cur
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.cur
+}
+
+// Context returns the context of the current attempt's stream.
+func (rs *retryStream) Context() context.Context { return rs.current().Context() }
+
+// Trailer returns the trailer of the current attempt's stream.
+func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
+
+// Header waits for the response headers; headers received commit the stream.
+func (rs *retryStream) Header() (metadata.MD, error) {
+	md, err := rs.current().Header()
+	if md != nil {
+		rs.commit()
+	}
+	return md, err
+}
+
+// SendMsg sends m on the current attempt and keeps it for a replay while the
+// stream is uncommitted.
+func (rs *retryStream) SendMsg(m any) error {
+	if !rs.retrying || rs.committed.Load() {
+		return rs.current().SendMsg(m)
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if !rs.overflow && !rs.committed.Load() {
+		size := 0
+		if pm, ok := m.(proto.Message); ok {
+			size = proto.Size(pm)
+		}
+		if len(rs.sent) >= rs.c.streamMsgs || rs.sentBytes+size > rs.c.streamBytes {
+			rs.overflow, rs.sent, rs.sentBytes = true, nil, 0
+		} else {
+			rs.sent = append(rs.sent, m)
+			rs.sentBytes += size
+		}
+	}
+	if rs.broken {
+		if rs.overflow {
+			return io.EOF
+		}
+		return nil
+	}
+	err := rs.cur.SendMsg(m)
+	if err == io.EOF && !rs.overflow {
+		rs.broken = true
+		return nil
+	}
+	return err
+}
+
+// CloseSend closes the send direction of the current attempt, and of any
+// attempt that replaces it.
+func (rs *retryStream) CloseSend() error {
+	if !rs.retrying || rs.committed.Load() {
+		return rs.current().CloseSend()
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.closedSend = true
+	if rs.broken {
+		return nil
+	}
+	return rs.cur.CloseSend()
+}
+
+// RecvMsg receives the next response message, retrying the stream when it
+// fails before the first one.
+func (rs *retryStream) RecvMsg(m any) error {
+	for {
+		s := rs.current()
+		err := s.RecvMsg(m)
+		if rs.committed.Load() {
+			if err != nil {
+				rs.end(err)
+			}
+			return err
+		}
+		if err == nil {
+			rs.commit()
+			return nil
+		}
+		if err == io.EOF {
+			rs.commit()
+			rs.end(nil)
+			return err
+		}
+		rs.report(err)
+		if !rs.retrying || rs.isOverflowed() {
+			rs.fail(err)
+			return err
+		}
+		if err := rs.again(err, s.Trailer()); err != nil {
+			return err
+		}
+		if err := rs.openLoop(nil); err != nil {
+			return err
+		}
+	}
+}
+
+func (rs *retryStream) isOverflowed() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.overflow
+}
+
+// commit keeps the current attempt for good: no more retries, no more
+// buffering.
+func (rs *retryStream) commit() {
+	if rs.committed.Load() {
+		return
+	}
+	rs.mu.Lock()
+	rs.sent, rs.sentBytes = nil, 0
+	rs.committed.Store(true)
+	rs.mu.Unlock()
+	if rs.retrying {
+		rs.loop.Decide(nil)
+	}
+	rs.setAttempts()
+}
+
+func (rs *retryStream) setAttempts() {
+	if rs.attempts != nil {
+		if rs.retrying {
+			*rs.attempts = rs.loop.Attempt()
+		} else {
+			*rs.attempts = 1
+		}
+	}
+}
+
+// report tells the breaker how the current attempt ended.
+func (rs *retryStream) report(err error) {
+	rs.mu.Lock()
+	bp, ok := rs.permit, rs.hasPermit
+	rs.permit, rs.hasPermit = breaker.Permit{}, false
+	rs.mu.Unlock()
+	if ok {
+		bp.Report(rs.c.outcome(rs.ctx, err))
+	}
+}
+
+// fail ends an uncommitted stream that will not be retried.
+func (rs *retryStream) fail(err error) {
+	rs.mu.Lock()
+	rs.committed.Store(true)
+	rs.sent = nil
+	rs.mu.Unlock()
+	rs.setAttempts()
+	rs.end(err)
+}
+
+// end reports the stream's outcome and frees its bulkhead slot, once.
+func (rs *retryStream) end(err error) {
+	if !rs.finished.CompareAndSwap(false, true) {
+		return
+	}
+	if rs.stopWatch != nil {
+		rs.stopWatch()
+	}
+	rs.report(err)
+	rs.mu.Lock()
+	rs.slot.Release()
+	rs.mu.Unlock()
+}
+
+// abandon runs when the caller's context ends: a stream nobody reads to its
+// end is not counted by the breaker and gives its bulkhead slot back.
+func (rs *retryStream) abandon() {
+	if !rs.finished.CompareAndSwap(false, true) {
+		return
+	}
+	rs.mu.Lock()
+	bp, ok := rs.permit, rs.hasPermit
+	rs.permit, rs.hasPermit = breaker.Permit{}, false
+	rs.slot.Release()
+	rs.mu.Unlock()
+	if ok {
+		bp.Report(breaker.Ignored)
+	}
+}
