@@ -107,7 +107,8 @@ func WithStoreTimeout(d time.Duration) Option {
 // documentation for the table) and, when the handler ran, hand its result to
 // Lease.Finish.
 //
-// A Guard is made with New; it is safe for concurrent use. It starts one
+// The zero Guard is not usable; make one with New. A Guard is safe for
+// concurrent use. It starts one
 // goroutine per request it lets run, to renew the lease, and stops it when
 // the lease is completed or released.
 type Guard struct {
@@ -310,8 +311,9 @@ func runReleasing(ctx context.Context, l *Lease, fn func(context.Context) (Respo
 
 // Lease is a claim on a key held by a running request. The Guard renews it
 // in a background goroutine until Complete, Release or Finish, which stop
-// that goroutine and wait for it before they touch the store. It is safe for
-// concurrent use; only the first of those calls has an effect.
+// that goroutine and wait for it before they touch the store. Leases come
+// from Begin (there is no useful zero Lease). It is safe for concurrent use;
+// only the first of those calls has an effect, later ones return an error.
 type Lease struct {
 	g      *Guard
 	key    Key

@@ -42,8 +42,10 @@ func WithTable(name string) Option { return func(s *Store) { s.table = name } }
 // (default: the real clock).
 func WithClock(c clock.Clock) Option { return func(s *Store) { s.clock = c } }
 
-// Store is an idempotency.Store on PostgreSQL. It is safe for concurrent use
-// when its DB is (a pool is; a transaction is not).
+// Store is an idempotency.Store on PostgreSQL (see the package documentation
+// for the table and statements). The zero Store is not usable; call New. It
+// is safe for concurrent use when its DB is (a pool is; a transaction is
+// not).
 type Store struct {
 	db    DB
 	table string

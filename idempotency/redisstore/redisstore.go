@@ -29,8 +29,10 @@ func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
 // (default: the real clock).
 func WithClock(c clock.Clock) Option { return func(s *Store) { s.clock = c } }
 
-// Store is an idempotency.Store on Redis. It is safe for concurrent use, and
-// any number of Stores in any number of processes may share one server.
+// Store is an idempotency.Store on Redis (see the package documentation for
+// the record layout and scripts). The zero Store is not usable; call New. It
+// is safe for concurrent use, and any number of Stores in any number of
+// processes may share one server.
 type Store struct {
 	client redis.Scripter
 	prefix string
