@@ -45,6 +45,16 @@ var groups = []group{
 		},
 	},
 	{
+		name:  "HTTPHandler",
+		title: "HTTP server stack in process: rate limit + bulkhead + breaker, metrics on",
+		ref:   "failsafe-breaker+bulkhead",
+		floor: "bare",
+		targets: []target{
+			{variant: "bulwark-stack", ratio: atMost(0.33), allocs: atMost(1)},
+			{variant: "bulwark-stack+headers", allocs: atMost(3)},
+		},
+	},
+	{
 		name:  "Idempotency",
 		title: "idempotency claim + complete, memory store",
 		targets: []target{

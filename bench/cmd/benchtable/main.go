@@ -37,7 +37,11 @@ type group struct {
 	ref   string // the variant ratios are taken against; empty: none
 	// metric is the unit the ratio compares, ns/op unless set. A unit that
 	// ends in "/s" is a rate, where more is better.
-	metric  string
+	metric string
+	// floor, when set, names the variant whose value is subtracted from both
+	// sides of each ratio, which then compares the cost each variant adds
+	// to the floor (a bare handler, say).
+	floor   string
 	targets []target
 }
 
@@ -264,16 +268,31 @@ func (t *table) ratio(g *group, k id) (float64, bool) {
 	if g.ref == "" {
 		return 0, false
 	}
-	ref, ok := t.res.series[id{g.name, g.ref, k.mode}]
-	if !ok {
+	rv, ok1 := t.value(id{g.name, g.ref, k.mode}, g.unit())
+	v, ok2 := t.value(k, g.unit())
+	if !ok1 || !ok2 {
 		return 0, false
 	}
-	rv, ok1 := ref.value(g.unit())
-	v, ok2 := t.res.series[k].value(g.unit())
-	if !ok1 || !ok2 || rv == 0 {
+	if g.floor != "" {
+		f, ok := t.value(id{g.name, g.floor, k.mode}, g.unit())
+		if !ok {
+			return 0, false
+		}
+		v, rv = v-f, rv-f
+	}
+	if rv == 0 {
 		return 0, false
 	}
 	return v / rv, true
+}
+
+// value is the median of k's unit.
+func (t *table) value(k id, unit string) (float64, bool) {
+	s, ok := t.res.series[k]
+	if !ok {
+		return 0, false
+	}
+	return s.value(unit)
 }
 
 func (t *table) runs() (lo, hi int) {
@@ -317,7 +336,10 @@ func (t *table) write(w io.Writer, cmd string, now time.Time) {
 		if g.title != "" {
 			fmt.Fprintf(w, ": %s", g.title)
 		}
-		if g.ref != "" {
+		switch {
+		case g.ref != "" && g.floor != "":
+			fmt.Fprintf(w, "; ratios of the %s each adds to %s, to what %s adds", g.unit(), g.floor, g.ref)
+		case g.ref != "":
 			fmt.Fprintf(w, "; ratios of %s to %s", g.unit(), g.ref)
 		}
 		fmt.Fprintln(w, ".")
@@ -353,10 +375,15 @@ func (t *table) writeRow(w io.Writer, g *group, k id) {
 		ns += fmt.Sprintf(" ±%.0f%%", sp*100)
 	}
 	ratio := ""
-	if k.variant == g.ref {
+	switch {
+	case k.variant == g.ref:
 		ratio = "1 (ref)"
-	} else if r, ok := t.ratio(g, k); ok {
-		ratio = strconv.FormatFloat(r, 'f', 2, 64)
+	case g.ref != "" && k.variant == g.floor:
+		ratio = "floor"
+	default:
+		if r, ok := t.ratio(g, k); ok {
+			ratio = strconv.FormatFloat(r, 'f', 2, 64)
+		}
 	}
 	var other []string
 	for _, unit := range slices.Sorted(func(yield func(string) bool) {
@@ -420,7 +447,11 @@ func (t *table) check(g *group, tg target, k id) string {
 	}
 	if tg.ratio.set {
 		r, ok := t.ratio(g, k)
-		add(g.unit()+" ratio to "+g.ref, r, ok, tg.ratio)
+		what := g.unit() + " ratio to " + g.ref
+		if g.floor != "" {
+			what = "added " + g.unit() + " ratio to " + g.ref + "'s"
+		}
+		add(what, r, ok, tg.ratio)
 	}
 	if tg.allocs.set {
 		v, ok := s.value("allocs/op")

@@ -26,6 +26,9 @@ BenchmarkBreaker/bulwark-two-phase/serial-2         	13530164	        20 ns/op	 
 BenchmarkBreaker/gobreaker-Execute/serial-2         	 1239694	       150 ns/op	       0 B/op	       0 allocs/op
 BenchmarkRedisLimiter/bulwark-redisrate/parallel-2 	 7309	     1000 ns/op	         1.000 cmds/op	     39000 decisions/s	     856 B/op	      15 allocs/op
 BenchmarkRedisLimiter/redis_rate/parallel-2 	 7309	     1000 ns/op	         1.000 cmds/op	     30000 decisions/s	     856 B/op	      22 allocs/op
+BenchmarkHTTPHandler/bare/serial-2 	 10	     20 ns/op	       0 B/op	       0 allocs/op
+BenchmarkHTTPHandler/bulwark-stack/serial-2 	 10	     120 ns/op	       0 B/op	       0 allocs/op
+BenchmarkHTTPHandler/failsafe-breaker+bulkhead/serial-2 	 10	     520 ns/op	       0 B/op	       0 allocs/op
 BenchmarkNew/x/a/b/serial-4 	 10	     5 ns/op
 PASS
 `
@@ -89,6 +92,9 @@ func TestTable(t *testing.T) {
 		"| Breaker parallel | bulwark-two-phase | 50 | 1 | 16 | 0.50 |  |",
 		"| RedisLimiter parallel | bulwark-redisrate | 1000 | 15 | 856 | 1.30 | 1 cmds/op, 39.0k decisions/s |",
 		"| New serial | x/a/b | 5 |  |  |  |  |",
+		"| HTTPHandler serial | bare | 20 | 0 | 0 | floor |  |",
+		"| HTTPHandler serial | bulwark-stack | 120 | 0 | 0 | 0.20 |  |",
+		"- met: HTTPHandler serial bulwark-stack — added ns/op ratio to failsafe-breaker+bulkhead's 0.20 (≤ 0.33); allocs/op 0 (≤ 1)",
 		"- met: Breaker serial bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.13 (≤ 0.25); allocs/op 0 (≤ 0)",
 		"- **missed**: Breaker parallel bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.50 (≤ 0.25, missed by 100%); allocs/op 1 (≤ 0, missed by 1)",
 		"- **missed**: RedisLimiter parallel bulwark-redisrate — decisions/s ratio to redis_rate 1.30 (≥ 1.30); allocs/op 15 (≤ 8, missed by 88%); cmds/op 1 (≤ 1)",
