@@ -9,7 +9,7 @@ import (
 )
 
 // BenchmarkClaimComplete: two statements (one per operation) per op, over
-// at most 8 connections (the test pool's size).
+// at most 8 connections (the pgxpool size newPool sets).
 func BenchmarkClaimComplete(b *testing.B) {
 	dsn := testenv.PostgresURL(b)
 	table := uniqueTable(b, dsn)

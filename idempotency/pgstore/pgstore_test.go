@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -26,8 +27,20 @@ var bg = context.Background()
 
 var tables atomic.Int64
 
-func newPool(t testing.TB, dsn string, configure ...func(*pgx.ConnConfig)) *connPool {
-	return newConnPool(t, dsn, configure...)
+// newPool returns a pgxpool of at most 8 connections, closed when the test
+// ends; configure adjusts each connection's config (a tracer, say).
+func newPool(t testing.TB, dsn string, configure ...func(*pgx.ConnConfig)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	require.NoError(t, err)
+	cfg.MaxConns = 8
+	for _, c := range configure {
+		c(cfg.ConnConfig)
+	}
+	pool, err := pgxpool.NewWithConfig(bg, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // uniqueTable creates a table no other test uses and drops it when the test
