@@ -16,6 +16,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/require"
 
+	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/retry"
 )
@@ -415,4 +416,161 @@ func TestTransportCanceledContextIsNotRetried(t *testing.T) {
 	require.ErrorIs(t, res.err, context.Canceled)
 	require.Len(t, u.seen(), 1)
 	require.Zero(t, clk.Created(), "no wait was even started")
+}
+
+// trDropFirstResponse runs next for every request, but for the first one it
+// throws the response away after the handler ran and drops the connection:
+// the client's request took effect and the client never hears of it.
+func trDropFirstResponse(next http.Handler) http.Handler {
+	var dropped atomic.Bool
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if dropped.Swap(true) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(httptest.NewRecorder(), r)
+		trReset(w, r)
+	})
+}
+
+func TestTransportExactlyOncePOST(t *testing.T) {
+	t.Parallel()
+	// One body with GetBody (http.NewRequest sets it for a strings.Reader)
+	// and one without, which the transport buffers to replay.
+	bodies := map[string]func() io.Reader{
+		"GetBody":  func() io.Reader { return strings.NewReader(`{"amount":42}`) },
+		"buffered": func() io.Reader { return io.MultiReader(strings.NewReader(`{"amount":42}`)) },
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var (
+				mu     sync.Mutex
+				ledger []string // one entry per effect
+				keys   []string // the key of every request that reached the handler chain
+			)
+			effect := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				ledger = append(ledger, string(b))
+				mu.Unlock()
+				w.WriteHeader(http.StatusCreated)
+				_, _ = io.WriteString(w, "charged")
+			})
+			g := idempotency.New("httpmw_transport_test", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+			h := trDropFirstResponse(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				keys = append(keys, r.Header.Get(IdempotencyKeyHeader))
+				mu.Unlock()
+				Idempotency(g, WithoutScope())(effect).ServeHTTP(w, r)
+			}))
+			srv := httptest.NewServer(h)
+			t.Cleanup(srv.Close)
+
+			clk := clock.NewFake(time.Time{})
+			c := &http.Client{Transport: NewTransport(srv.Client().Transport, WithRetry(trPolicy(clk, 3, nil)))}
+			req, err := http.NewRequest(http.MethodPost, srv.URL+"/charges", body())
+			require.NoError(t, err)
+			require.Equal(t, name == "GetBody", req.GetBody != nil)
+			done := trStart(c, req)
+			trAdvanceExactly(t, clk, 100*time.Millisecond)
+			res := <-done
+			require.NoError(t, res.err)
+			require.Equal(t, http.StatusCreated, res.resp.StatusCode)
+			require.Equal(t, "charged", res.body)
+			require.Equal(t, "true", res.resp.Header.Get("Idempotent-Replayed"), "the second attempt got the stored response")
+
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(t, []string{`{"amount":42}`}, ledger, "the effect happened exactly once")
+			require.Len(t, keys, 2)
+			require.Equal(t, keys[0], keys[1], "the key is the same on every attempt")
+			require.Regexp(t, `^"[A-Z2-7]{26}"$`, keys[0], "a structured-field string of 128 random bits")
+			require.Empty(t, req.Header.Get(IdempotencyKeyHeader), "the caller's request is not modified")
+		})
+	}
+}
+
+func TestTransportKeepsCallersIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	u := trNewUpstream(t, trStatus(503, ""), trStatus(200, "ok"))
+	clk := clock.NewFake(time.Time{})
+	generated := 0
+	c := u.client(WithRetry(trPolicy(clk, 3, nil)), WithIdempotencyKeys(func() string { generated++; return `"mine"` }))
+	for _, key := range []string{`"callers-key"`, ""} {
+		req, _ := http.NewRequest(http.MethodPatch, u.srv.URL, strings.NewReader("p"))
+		if key != "" {
+			req.Header.Set(IdempotencyKeyHeader, key)
+		}
+		done := trStart(c, req)
+		if key != "" {
+			trAdvanceExactly(t, clk, 100*time.Millisecond)
+		}
+		res := <-done
+		require.NoError(t, res.err)
+	}
+	calls := u.seen()
+	require.Len(t, calls, 3)
+	require.Equal(t, `"callers-key"`, calls[0].key)
+	require.Equal(t, `"callers-key"`, calls[1].key)
+	require.Equal(t, `"mine"`, calls[2].key, "a custom generator's value is sent as is")
+	require.Equal(t, 1, generated, "a key is generated only for a request without one")
+}
+
+func TestTransportBodyReadableAfterReturnWithAttemptTimeout(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	u := trNewUpstream(t,
+		trStatus(503, "down"),
+		func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(200)
+			_, _ = io.WriteString(w, "first half, ")
+			_ = http.NewResponseController(w).Flush()
+			<-gate // the rest comes after RoundTrip has returned
+			_, _ = io.WriteString(w, "second half")
+		})
+	clk := clock.NewFake(time.Time{})
+	// A generous attempt timeout: the point is that returning the response
+	// must not cancel the attempt's context, as a deferred cancel would.
+	c := u.client(WithRetry(trPolicy(clk, 3, nil, retry.WithAttemptTimeout(time.Minute))))
+	req, _ := http.NewRequest(http.MethodGet, u.srv.URL, nil)
+	type out struct {
+		resp *http.Response
+		err  error
+	}
+	ch := make(chan out, 1)
+	go func() {
+		resp, err := c.Do(req)
+		ch <- out{resp, err}
+	}()
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	o := <-ch
+	require.NoError(t, o.err)
+	close(gate)
+	b, err := io.ReadAll(o.resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, "first half, second half", string(b))
+	require.NoError(t, o.resp.Body.Close())
+	require.EqualValues(t, 1, u.newConns.Load())
+}
+
+func TestTransportAttemptTimeoutRetriesSlowUpstream(t *testing.T) {
+	t.Parallel()
+	u := trNewUpstream(t,
+		func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, // hangs until the client gives up
+		trStatus(200, "ok"))
+	clk := clock.NewFake(time.Time{})
+	rec := &trRecorder{}
+	// The attempt timeout runs on the real clock (a context deadline).
+	c := u.client(WithRetry(trPolicy(clk, 3, rec, retry.WithAttemptTimeout(50*time.Millisecond))))
+	req, _ := http.NewRequest(http.MethodGet, u.srv.URL, nil)
+	done := trStart(c, req)
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, "ok", res.body)
+	_, errs := rec.get()
+	require.Len(t, errs, 1)
+	require.ErrorIs(t, errs[0], context.DeadlineExceeded)
+	require.Len(t, u.seen(), 2)
 }
