@@ -3,9 +3,11 @@ package httpmw
 import (
 	"context"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,9 +17,13 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/time/rate"
 
+	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/bulwark-go/bulwark/bulkhead"
 	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/ratelimit"
 	"github.com/bulwark-go/bulwark/retry"
 )
 
@@ -573,4 +579,370 @@ func TestTransportAttemptTimeoutRetriesSlowUpstream(t *testing.T) {
 	require.Len(t, errs, 1)
 	require.ErrorIs(t, errs[0], context.DeadlineExceeded)
 	require.Len(t, u.seen(), 2)
+}
+
+// trRT is an in-memory base RoundTripper.
+type trRT func(*http.Request) (*http.Response, error)
+
+func (f trRT) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func trResponse(r *http.Request, code int, body string) *http.Response {
+	return &http.Response{
+		StatusCode: code, Status: strconv.Itoa(code) + " " + http.StatusText(code),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)), Request: r,
+	}
+}
+
+func TestTransportBreakerOpensAndRejectsFast(t *testing.T) {
+	t.Parallel()
+	u := trNewUpstream(t, trStatus(500, "bug"), trStatus(500, "bug"), trStatus(500, "bug"), trStatus(200, "ok"))
+	clk := clock.NewFake(time.Time{})
+	var hosts []string
+	newBreaker := func(host string) *breaker.Breaker {
+		hosts = append(hosts, host)
+		return breaker.New("upstream", breaker.WithConsecutiveFailures(3), breaker.WithOpenDuration(30*time.Second),
+			breaker.WithJitter(0), breaker.WithHalfOpen(1, 1), breaker.WithClock(clk))
+	}
+	rec := &trRecorder{}
+	c := u.client(WithRetry(trPolicy(clk, 3, rec)), WithBreakers(newBreaker, 0))
+	get := func() trResult {
+		req, _ := http.NewRequest(http.MethodGet, u.srv.URL+"/x", nil)
+		return <-trStart(c, req)
+	}
+	for range 3 {
+		res := get()
+		require.NoError(t, res.err)
+		require.Equal(t, 500, res.resp.StatusCode)
+	}
+	// Open: rejected without reaching the upstream, and not retried, since
+	// the breaker's 30 s exceed the 10 s WithMaxRetryAfter.
+	res := get()
+	require.ErrorIs(t, res.err, breaker.ErrOpen)
+	var re *retry.Error
+	require.ErrorAs(t, res.err, &re)
+	require.Equal(t, 1, re.Attempts)
+	require.Len(t, u.seen(), 3)
+	require.Equal(t, []string{"http://" + u.srv.Listener.Addr().String()}, hosts, "one breaker for the host, named scheme://host:port")
+	delays, _ := rec.get()
+	require.Empty(t, delays)
+
+	// Within the cap, the breaker's hint paces the retry: the attempt waits
+	// for the half-open probe instead of failing.
+	clk.Advance(25 * time.Second)
+	done := trStart(c, func() *http.Request { r, _ := http.NewRequest(http.MethodGet, u.srv.URL+"/x", nil); return r }())
+	trAdvanceExactly(t, clk, 5*time.Second)
+	res = <-done
+	require.NoError(t, res.err)
+	require.Equal(t, "ok", res.body)
+	require.Len(t, u.seen(), 4)
+}
+
+func TestTransportBreakerWithoutRetry(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	status := 500
+	base := trRT(func(r *http.Request) (*http.Response, error) {
+		calls.Add(1)
+		return trResponse(r, status, ""), nil
+	})
+	b := breaker.New("x", breaker.WithConsecutiveFailures(2), breaker.WithClock(clock.NewFake(time.Time{})))
+	tr := NewTransport(base, WithBreakers(func(string) *breaker.Breaker { return b }, 0))
+	send := func() (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+		return tr.RoundTrip(req)
+	}
+	// 429 is ignored: it never opens the breaker.
+	status = 429
+	for range 5 {
+		resp, err := send()
+		require.NoError(t, err)
+		require.Equal(t, 429, resp.StatusCode)
+	}
+	require.Equal(t, breaker.Closed, b.State())
+	status = 503
+	for range 2 {
+		_, err := send()
+		require.NoError(t, err)
+	}
+	require.Equal(t, breaker.Open, b.State())
+	_, err := send()
+	require.ErrorIs(t, err, breaker.ErrOpen)
+	require.EqualValues(t, 7, calls.Load())
+}
+
+func TestTransportBreakerSetIsBounded(t *testing.T) {
+	t.Parallel()
+	base := trRT(func(r *http.Request) (*http.Response, error) { return trResponse(r, 200, ""), nil })
+	var mu sync.Mutex
+	made := map[string]int{}
+	tr := NewTransport(base, WithBreakers(func(host string) *breaker.Breaker {
+		mu.Lock()
+		made[host]++
+		mu.Unlock()
+		return breaker.New("b")
+	}, 2))
+	urls := []string{
+		"http://a.test/", "http://A.TEST:80/x", "https://a.test/", "https://a.test:443/y",
+		"http://[::1]:8080/", "http://c.test/",
+	}
+	var wg sync.WaitGroup
+	for range 8 { // many goroutines meet each new host at once
+		for _, u := range urls {
+			wg.Go(func() {
+				req, _ := http.NewRequest(http.MethodGet, u, nil)
+				resp, err := tr.RoundTrip(req)
+				if err == nil {
+					_ = resp.Body.Close()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	require.Equal(t, 2, tr.breakers.len(), "at most maxHosts breakers")
+	for k := range *tr.breakers.hosts.Load() {
+		require.Contains(t, []string{"http://a.test:80", "https://a.test:443", "http://[::1]:8080", "http://c.test:80"}, k.String())
+	}
+	require.Nil(t, tr.breakers.get(&url.URL{Scheme: "http", Host: "overflow.test"}), "hosts beyond the bound have no breaker")
+	require.Equal(t, trHostKeyOf(&url.URL{Scheme: "HTTP", Host: "A.test"}), trHostKeyOf(&url.URL{Scheme: "http", Host: "a.test:80"}))
+}
+
+func TestTransportBulkheadSlotHeldUntilBodyDone(t *testing.T) {
+	t.Parallel()
+	base := trRT(func(r *http.Request) (*http.Response, error) { return trResponse(r, 200, "body"), nil })
+	bh := bulkhead.New("client", bulkhead.WithLimit(1))
+	tr := NewTransport(base, WithBulkhead(bh))
+	send := func() (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+		return tr.RoundTrip(req)
+	}
+	resp, err := send()
+	require.NoError(t, err)
+	require.Equal(t, 1, bh.InFlight(), "the body is not read yet: the slot is held")
+	_, err = send()
+	require.ErrorIs(t, err, bulkhead.ErrFull)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, 0, bh.InFlight())
+	require.NoError(t, resp.Body.Close(), "a second Close releases nothing more")
+	require.Equal(t, 0, bh.InFlight())
+
+	resp, err = send()
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, "body", string(b))
+	require.Equal(t, 0, bh.InFlight(), "reading to the end releases the slot")
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, 0, bh.InFlight())
+
+	// A base error releases the slot at once.
+	tr = NewTransport(trRT(func(*http.Request) (*http.Response, error) { return nil, io.ErrUnexpectedEOF }), WithBulkhead(bh))
+	req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+	_, err = tr.RoundTrip(req)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Equal(t, 0, bh.InFlight())
+}
+
+func TestTransportRateLimitWaitsPerAttempt(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	var sent atomic.Int64
+	base := trRT(func(r *http.Request) (*http.Response, error) {
+		if sent.Add(1) == 1 {
+			return trResponse(r, 503, ""), nil
+		}
+		return trResponse(r, 200, ""), nil
+	})
+	lim := ratelimit.NewLocal("client", rate.Every(time.Second), 1, ratelimit.WithClock(clk))
+	var keys []string
+	retryClk := clock.NewFake(time.Time{})
+	tr := NewTransport(base, WithRetry(trPolicy(retryClk, 3, nil)), WithRateLimit(lim, func(r *http.Request) string {
+		keys = append(keys, r.URL.Host)
+		return r.URL.Host
+	}))
+	req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		done <- err
+	}()
+	// The first attempt takes the only token; after the retry's wait the
+	// second attempt waits a second for the next one.
+	trAdvanceExactly(t, retryClk, 100*time.Millisecond)
+	clk.WaitForTimers(1)
+	require.EqualValues(t, 1, sent.Load())
+	clk.Advance(time.Second)
+	require.NoError(t, <-done)
+	require.EqualValues(t, 2, sent.Load())
+	require.Equal(t, []string{"upstream.test", "upstream.test"}, keys)
+
+	// The caller's context ends the wait and the request.
+	ctx, cancel := context.WithCancel(context.Background())
+	body := &trCloseCounter{Reader: strings.NewReader("x")}
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, "http://upstream.test/", body)
+	go func() { _, err := tr.RoundTrip(req); done <- err }()
+	clk.WaitForTimers(1)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.EqualValues(t, 2, sent.Load())
+	require.EqualValues(t, 1, body.closed.Load(), "the request body is closed even though it was never sent")
+}
+
+type trCloseCounter struct {
+	io.Reader
+	closed atomic.Int64
+}
+
+func (c *trCloseCounter) Close() error { c.closed.Add(1); return nil }
+
+func TestTransportNeverModifiesCallersRequest(t *testing.T) {
+	t.Parallel()
+	var (
+		mu   sync.Mutex
+		seen []*http.Request
+	)
+	base := trRT(func(r *http.Request) (*http.Response, error) {
+		b, _ := io.ReadAll(r.Body)
+		_ = r.Body.Close()
+		mu.Lock()
+		seen = append(seen, r)
+		n := len(seen)
+		mu.Unlock()
+		if string(b) != "payload" {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if n == 1 {
+			return trResponse(r, 503, "down"), nil
+		}
+		return trResponse(r, 200, "ok"), nil
+	})
+	clk := clock.NewFake(time.Time{})
+	tr := NewTransport(base, WithRetry(trPolicy(clk, 3, nil, retry.WithAttemptTimeout(time.Hour))))
+	ctx := context.Background()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://upstream.test/", strings.NewReader("payload"))
+	req.Header.Set("X-Caller", "1")
+	type out struct {
+		resp *http.Response
+		err  error
+	}
+	ch := make(chan out, 1)
+	go func() { resp, err := tr.RoundTrip(req); ch <- out{resp, err} }()
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	o := <-ch
+	require.NoError(t, o.err)
+
+	require.Equal(t, http.Header{"X-Caller": {"1"}}, req.Header)
+	require.Equal(t, ctx, req.Context())
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, 2)
+	for _, r := range seen {
+		require.NotSame(t, req, r)
+		require.Equal(t, "1", r.Header.Get("X-Caller"))
+		require.NotEmpty(t, r.Header.Get(IdempotencyKeyHeader))
+	}
+	require.Equal(t, seen[0].Header.Get(IdempotencyKeyHeader), seen[1].Header.Get(IdempotencyKeyHeader))
+	require.ErrorIs(t, seen[0].Context().Err(), context.Canceled, "the discarded attempt's context is released")
+	require.NoError(t, seen[1].Context().Err(), "the returned response's attempt context lives until Close")
+	require.NoError(t, o.resp.Body.Close())
+	require.ErrorIs(t, seen[1].Context().Err(), context.Canceled, "and is released by Close")
+}
+
+func TestTransportFirstAttemptSendsRequestAsIs(t *testing.T) {
+	t.Parallel()
+	var got *http.Request
+	base := trRT(func(r *http.Request) (*http.Response, error) { got = r; return trResponse(r, 200, ""), nil })
+	b := breaker.New("x")
+	tr := NewTransport(base, WithRetry(trPolicy(clock.NewFake(time.Time{}), 3, nil)), WithBreakers(func(string) *breaker.Breaker { return b }, 0))
+	req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+	resp, err := tr.RoundTrip(req)
+	require.NoError(t, err)
+	require.Same(t, req, got, "nothing to change: no copy")
+	_, wrapped := resp.Body.(*trBody)
+	require.False(t, wrapped, "nothing to release: the body is not wrapped")
+}
+
+func TestTransportLongBodyWithoutGetBodyIsSentOnce(t *testing.T) {
+	t.Parallel()
+	u := trNewUpstream(t, trStatus(503, "down"), trStatus(503, "down"), trStatus(200, "ok"))
+	clk := clock.NewFake(time.Time{})
+	c := u.client(WithRetry(trPolicy(clk, 3, nil)), WithMaxReplayBody(10))
+	long := strings.Repeat("0123456789", 10)
+	body := &trCloseCounter{Reader: strings.NewReader(long)}
+	req, _ := http.NewRequest(http.MethodPut, u.srv.URL, body)
+	res := <-trStart(c, req)
+	require.NoError(t, res.err)
+	require.Equal(t, 503, res.resp.StatusCode, "not retried")
+	require.Equal(t, []trCall{{method: http.MethodPut, body: long}}, u.seen(), "the whole body arrives, prefix and rest")
+	require.EqualValues(t, 1, body.closed.Load())
+
+	// A short one is buffered and replayed.
+	body = &trCloseCounter{Reader: strings.NewReader("short")}
+	req, _ = http.NewRequest(http.MethodPut, u.srv.URL, body)
+	done := trStart(c, req)
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	res = <-done
+	require.NoError(t, res.err)
+	require.Equal(t, "ok", res.body)
+	calls := u.seen()
+	require.Len(t, calls, 3)
+	require.Equal(t, "short", calls[1].body)
+	require.Equal(t, "short", calls[2].body)
+	require.EqualValues(t, 1, body.closed.Load(), "the original is closed once, after buffering")
+}
+
+func TestTransportCertificateErrorIsNotRetried(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	t.Cleanup(srv.Close)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the failed handshakes
+	var attempts atomic.Int64
+	untrusting := &http.Transport{}
+	t.Cleanup(untrusting.CloseIdleConnections)
+	base := trRT(func(r *http.Request) (*http.Response, error) { attempts.Add(1); return untrusting.RoundTrip(r) })
+	tr := NewTransport(base, WithRetry(trPolicy(clock.NewFake(time.Time{}), 3, nil)))
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	_, err := tr.RoundTrip(req)
+	var re *retry.Error
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, retry.NotRetryable, re.Reason)
+	require.EqualValues(t, 1, attempts.Load())
+}
+
+type trRWC struct {
+	io.Reader
+	written strings.Builder
+}
+
+func (c *trRWC) Write(p []byte) (int, error) { return c.written.Write(p) }
+func (c *trRWC) Close() error                { return nil }
+
+func TestTransportKeepsUpgradedBodyWritable(t *testing.T) {
+	t.Parallel()
+	rwc := &trRWC{Reader: strings.NewReader("")}
+	base := trRT(func(r *http.Request) (*http.Response, error) {
+		resp := trResponse(r, http.StatusSwitchingProtocols, "")
+		resp.Body = rwc
+		return resp, nil
+	})
+	tr := NewTransport(base, WithBulkhead(bulkhead.New("b")))
+	req, _ := http.NewRequest(http.MethodGet, "http://upstream.test/", nil)
+	resp, err := tr.RoundTrip(req)
+	require.NoError(t, err)
+	w, ok := resp.Body.(io.ReadWriteCloser)
+	require.True(t, ok, "a 101 body stays an io.ReadWriteCloser")
+	_, err = io.WriteString(w, "hello")
+	require.NoError(t, err)
+	require.Equal(t, "hello", rwc.written.String())
+	require.NoError(t, w.Close())
+}
+
+func TestWithRetryableStatusPanicsOnNonStatus(t *testing.T) {
+	t.Parallel()
+	require.Panics(t, func() { WithRetryableStatus(99) })
+	require.Panics(t, func() { WithRetryableStatus(600) })
 }
