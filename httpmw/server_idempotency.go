@@ -75,12 +75,14 @@ func WithoutScope() Option {
 // WithRoute sets how [Idempotency] names the operation a key applies to.
 // The default is r.Pattern when a ServeMux has set it (the middleware then
 // sits inside the mux: wrap each route's handler, not the mux), and
-// r.URL.Path otherwise. With r.URL.Path every path is its own operation: the
-// same key sent to /orders/1 and /orders/2 are two independent keys, not a
-// mismatch. A route with a path parameter under a pattern such as
-// "POST /orders/{id}" is one operation whatever the id, and the id, being in
-// the path and not in the fingerprint, does not distinguish requests: add it
-// to the route with WithRoute when that matters.
+// r.URL.Path otherwise. The route is part of the key's identity, and the
+// request's target (path and query) is part of its fingerprint. So under a
+// pattern such as "POST /orders/{id}" one key sent to /orders/1 and then to
+// /orders/2 is a mismatch (422); with r.URL.Path as the route they are two
+// independent keys and both run. The r.URL.Path fallback has one value per
+// resource (high cardinality); that is safe because the route is only hashed
+// into the stored key, never used as a metric label, but a custom route
+// function should still return a small set of names, such as patterns.
 func WithRoute(f func(r *http.Request) string) Option {
 	return func(c *srvConfig) { c.route = f }
 }
@@ -329,8 +331,13 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 	_ = lease.Finish(ctx, idempotency.Response{Status: sw.srvStatus(), Header: sw.capHeader, Body: sw.capBody})
 }
 
+// srvFingerprintFields returns what, besides method, route and body,
+// identifies the request: its target (path and query, so that one key sent to
+// two resources under one route pattern is a mismatch, not a replay of the
+// other's response) and the configured header fields.
 func (m *srvIdempotency) srvFingerprintFields(r *http.Request) []idempotency.Field {
-	var fields []idempotency.Field
+	fields := make([]idempotency.Field, 1, 1+len(m.cfg.fingerprints))
+	fields[0] = idempotency.Field{Name: ":target", Value: r.URL.RequestURI()}
 	for _, name := range m.cfg.fingerprints {
 		for _, v := range r.Header[name] {
 			fields = append(fields, idempotency.Field{Name: name, Value: v})

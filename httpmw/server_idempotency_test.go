@@ -1,0 +1,434 @@
+package httpmw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bulwark-go/bulwark/idempotency"
+	"github.com/bulwark-go/bulwark/ratelimit"
+)
+
+// srvLedger is a handler with a side effect: each run appends to the ledger.
+type srvLedger struct {
+	mu   sync.Mutex
+	runs []string // the bodies the handler read
+}
+
+func (l *srvLedger) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.runs)
+}
+
+func (l *srvLedger) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(r.Body)
+	if err != nil || int64(len(b)) != r.ContentLength {
+		http.Error(w, "body mismatch", http.StatusInternalServerError)
+		return
+	}
+	l.mu.Lock()
+	l.runs = append(l.runs, string(b))
+	n := len(l.runs)
+	l.mu.Unlock()
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Location", "/orders/"+strconv.Itoa(n))
+	h.Set("Set-Cookie", "session=secret-of-the-first-caller")
+	h.Set("X-Internal-Trace", "t-1")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = fmt.Fprintf(w, `{"order":%d,"body":%q}`, n, b)
+}
+
+func srvTestGuard(t *testing.T, opts ...idempotency.Option) *idempotency.Guard {
+	t.Helper()
+	opts = append([]idempotency.Option{idempotency.WithRegisterer(prometheus.NewPedanticRegistry())}, opts...)
+	return idempotency.New("httpmw-test", nil, opts...)
+}
+
+func srvKeyHeader(key string) http.Header { return http.Header{"Idempotency-Key": {key}} }
+
+func TestIdempotencyReplay(t *testing.T) {
+	ledger := &srvLedger{}
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(ledger))
+
+	resp, body := srvDo(t, c, http.MethodPost, url+"/orders", `{"item":1}`, srvKeyHeader(`"order-1"`))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Equal(t, `{"order":1,"body":"{\"item\":1}"}`, body)
+	require.NotEmpty(t, resp.Header.Get("Set-Cookie"), "the first caller gets its cookie")
+	require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+
+	for _, key := range []string{`"order-1"`, `order-1`, `"order-1";foo=1`} {
+		resp2, body2 := srvDo(t, c, http.MethodPost, url+"/orders", `{"item":1}`, srvKeyHeader(key))
+		require.Equal(t, http.StatusCreated, resp2.StatusCode)
+		require.Equal(t, body, body2)
+		require.Equal(t, "true", resp2.Header.Get("Idempotent-Replayed"))
+		require.Equal(t, "application/json", resp2.Header.Get("Content-Type"))
+		require.Equal(t, "/orders/1", resp2.Header.Get("Location"))
+		require.Empty(t, resp2.Header.Values("Set-Cookie"), "Set-Cookie is never replayed")
+		require.Empty(t, resp2.Header.Get("X-Internal-Trace"), "only allowlisted fields are replayed")
+		require.Equal(t, strconv.Itoa(len(body)), resp2.Header.Get("Content-Length"))
+	}
+	require.Equal(t, 1, ledger.count(), "the handler ran once")
+	require.Equal(t, []string{`{"item":1}`}, ledger.runs, "the handler read the fingerprinted body")
+}
+
+func TestIdempotencyStoredResponseHasNoCookie(t *testing.T) {
+	var stored []idempotency.Response
+	store := &srvRecordingStore{Store: idempotency.NewMemoryStore(idempotency.MemoryConfig{}), completed: &stored}
+	g := idempotency.New("httpmw-rec", store)
+	url, c := srvTestServer(t, Idempotency(g, WithoutScope(), WithReplayHeaders("Content-Type", "X-Internal-Trace"))(&srvLedger{}))
+	resp, _ := srvDo(t, c, http.MethodPost, url, "b", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Len(t, stored, 1)
+	require.Equal(t, []idempotency.Field{
+		{Name: "Content-Type", Value: "application/json"},
+		{Name: "X-Internal-Trace", Value: "t-1"},
+	}, stored[0].Header)
+}
+
+type srvRecordingStore struct {
+	idempotency.Store
+	completed *[]idempotency.Response
+}
+
+func (s *srvRecordingStore) Complete(ctx context.Context, key idempotency.Key, owner idempotency.Token, resp idempotency.Response, retention time.Duration) error {
+	*s.completed = append(*s.completed, resp)
+	return s.Store.Complete(ctx, key, owner, resp, retention)
+}
+
+func TestIdempotencyConcurrentRepeatIs409(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var runs atomic.Int32
+	h := Idempotency(srvTestGuard(t, idempotency.WithLease(20*time.Second)), WithoutScope())(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		runs.Add(1)
+		close(entered)
+		<-release
+		srvOK(w, nil)
+	}))
+	url, c := srvTestServer(t, h)
+	first := make(chan int)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("x"))
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := c.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	<-entered
+	resp, body := srvDo(t, c, http.MethodPost, url, "x", srvKeyHeader("k"))
+	srvRequireProblem(t, resp, body, http.StatusConflict, TypeIdempotencyInFlight, "idempotency:")
+	ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	require.NoError(t, err)
+	require.True(t, ra >= 1 && ra <= 20, ra)
+	close(release)
+	require.Equal(t, http.StatusOK, <-first)
+	require.Equal(t, int32(1), runs.Load())
+}
+
+func TestIdempotencyRejections(t *testing.T) {
+	tests := []struct {
+		name   string
+		opts   []Option
+		gopts  []idempotency.Option
+		first  *http.Header // sent first, with body "a"
+		header http.Header
+		body   string
+		status int
+		typ    string
+	}{
+		{name: "different body", first: &http.Header{"Idempotency-Key": {"k"}},
+			header: srvKeyHeader("k"), body: "b", status: 422, typ: TypeIdempotencyKeyReused},
+		{name: "missing when required", gopts: []idempotency.Option{idempotency.WithRequired(true)},
+			body: "a", status: 400, typ: TypeIdempotencyKeyMissing},
+		{name: "two header lines", header: http.Header{"Idempotency-Key": {"a", "b"}}, body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "empty", header: srvKeyHeader(""), body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "empty sf-string", header: srvKeyHeader(`""`), body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "unterminated sf-string", header: srvKeyHeader(`"abc`), body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "space in sf-string", header: srvKeyHeader(`"a b"`), body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "too long", header: srvKeyHeader(strings.Repeat("k", 256)), body: "a", status: 400, typ: TypeIdempotencyKeyInvalid},
+		{name: "body too large", opts: []Option{WithMaxRequestBody(4)},
+			header: srvKeyHeader("k"), body: "12345", status: 413, typ: TypeBodyTooLarge},
+		{name: "scope error", opts: []Option{WithScope(func(*http.Request) (string, error) {
+			return "", errors.New("jwt: token signature invalid for kid=prod-7")
+		})}, header: srvKeyHeader("k"), body: "a", status: 403, typ: TypeIdempotencyScope},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := srvTestGuard(t, tt.gopts...)
+			ledger := &srvLedger{}
+			opts := append([]Option{WithoutScope()}, tt.opts...)
+			url, c := srvTestServer(t, Idempotency(g, opts...)(ledger))
+			if tt.first != nil {
+				resp, _ := srvDo(t, c, http.MethodPost, url, "a", *tt.first)
+				require.Equal(t, http.StatusCreated, resp.StatusCode)
+			}
+			before := ledger.count()
+			resp, body := srvDo(t, c, http.MethodPost, url, tt.body, tt.header)
+			srvRequireProblem(t, resp, body, tt.status, tt.typ, "idempotency:", "jwt", "prod-7", "store")
+			require.Equal(t, before, ledger.count(), "the handler did not run")
+		})
+	}
+}
+
+// srvBrokenStore fails every operation, like a store that is down.
+type srvBrokenStore struct{}
+
+var errSrvStoreDown = errors.New("dial tcp 10.9.9.9:6379: connect: connection refused")
+
+func (srvBrokenStore) Claim(context.Context, idempotency.Key, idempotency.Fingerprint, time.Duration) (idempotency.ClaimResult, error) {
+	return idempotency.ClaimResult{}, errSrvStoreDown
+}
+func (srvBrokenStore) Complete(context.Context, idempotency.Key, idempotency.Token, idempotency.Response, time.Duration) error {
+	return errSrvStoreDown
+}
+func (srvBrokenStore) Release(context.Context, idempotency.Key, idempotency.Token) error {
+	return errSrvStoreDown
+}
+func (srvBrokenStore) Extend(context.Context, idempotency.Key, idempotency.Token, time.Duration) error {
+	return errSrvStoreDown
+}
+
+func TestIdempotencyStoreDown(t *testing.T) {
+	ledger := &srvLedger{}
+	g := idempotency.New("httpmw-broken", srvBrokenStore{})
+	url, c := srvTestServer(t, Idempotency(g, WithoutScope())(ledger))
+	resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	srvRequireProblem(t, resp, body, http.StatusServiceUnavailable, TypeIdempotencyUnavailable, "10.9.9.9", "refused")
+	require.Zero(t, ledger.count())
+
+	// Failing open, the request runs unprotected.
+	g = idempotency.New("httpmw-broken-open", srvBrokenStore{}, idempotency.WithFailOpen(true))
+	url, c = srvTestServer(t, Idempotency(g, WithoutScope())(ledger))
+	resp, _ = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Equal(t, 1, ledger.count())
+}
+
+func TestIdempotencyMissingKeyNotRequiredRunsUnprotected(t *testing.T) {
+	ledger := &srvLedger{}
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(ledger))
+	for range 2 {
+		resp, _ := srvDo(t, c, http.MethodPost, url, "a", nil)
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+	}
+	require.Equal(t, 2, ledger.count())
+}
+
+func TestIdempotencyOtherMethodsPassThrough(t *testing.T) {
+	ledger := &srvLedger{}
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(ledger))
+	for range 2 {
+		resp, _ := srvDo(t, c, http.MethodPut, url, "a", srvKeyHeader("k"))
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+		require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+	}
+	require.Equal(t, 2, ledger.count())
+
+	url, c = srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope(), WithIdempotencyMethods(http.MethodPut))(ledger))
+	for range 2 {
+		srvDo(t, c, http.MethodPut, url, "a", srvKeyHeader("k"))
+	}
+	require.Equal(t, 3, ledger.count(), "PUT guarded when configured")
+}
+
+func TestIdempotencyScopesNeverCross(t *testing.T) {
+	ledger := &srvLedger{}
+	scope := WithScope(func(r *http.Request) (string, error) {
+		if u := r.Header.Get("X-User"); u != "" {
+			return u, nil
+		}
+		return "", errors.New("anonymous")
+	})
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), scope)(ledger))
+	send := func(user string) (*http.Response, string) {
+		return srvDo(t, c, http.MethodPost, url, "same", http.Header{"Idempotency-Key": {"shared-key"}, "X-User": {user}})
+	}
+	ra, ba := send("alice")
+	rb, bb := send("bob")
+	require.Equal(t, http.StatusCreated, ra.StatusCode)
+	require.Equal(t, http.StatusCreated, rb.StatusCode)
+	require.Empty(t, rb.Header.Get("Idempotent-Replayed"), "bob never gets alice's response")
+	require.NotEqual(t, ba, bb)
+	require.Equal(t, 2, ledger.count())
+
+	ra2, ba2 := send("alice")
+	rb2, bb2 := send("bob")
+	require.Equal(t, "true", ra2.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, "true", rb2.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, ba, ba2)
+	require.Equal(t, bb, bb2)
+	require.Equal(t, 2, ledger.count())
+}
+
+// srvCountingHandler answers with the statuses given in turn, counting runs.
+func srvScripted(steps ...func(w http.ResponseWriter, r *http.Request)) (http.Handler, *atomic.Int32) {
+	var n atomic.Int32
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i := int(n.Add(1)) - 1
+		steps[min(i, len(steps)-1)](w, r)
+	}), &n
+}
+
+func TestIdempotencyNotStored(t *testing.T) {
+	created := func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "created")
+	}
+	big := strings.Repeat("0123456789", 10)
+	tests := []struct {
+		name  string
+		opts  []Option
+		first func(w http.ResponseWriter, r *http.Request)
+		check func(t *testing.T, resp *http.Response, body string)
+	}{
+		{name: "5xx releases", first: func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "failed", http.StatusInternalServerError)
+		}, check: func(t *testing.T, resp *http.Response, _ string) {
+			require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
+		}},
+		{name: "streaming passes through", first: func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, "part1,")
+			_ = http.NewResponseController(w).Flush()
+			_, _ = io.WriteString(w, "part2")
+		}, check: func(t *testing.T, resp *http.Response, body string) {
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			require.Equal(t, "part1,part2", body)
+		}},
+		{name: "big response passes through", opts: []Option{WithMaxStoredResponse(50)},
+			first: func(w http.ResponseWriter, _ *http.Request) {
+				_, _ = io.WriteString(w, big[:40])
+				_, _ = io.WriteString(w, big[40:])
+			}, check: func(t *testing.T, resp *http.Response, body string) {
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				require.Equal(t, big, body, "the client gets all of it")
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, runs := srvScripted(tt.first, created)
+			opts := append([]Option{WithoutScope()}, tt.opts...)
+			url, c := srvTestServer(t, Idempotency(srvTestGuard(t), opts...)(h))
+			resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+			tt.check(t, resp, body)
+			require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+
+			resp, body = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+			require.Equal(t, http.StatusCreated, resp.StatusCode, "the key was released: the retry runs")
+			require.Equal(t, "created", body)
+			require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+
+			resp, _ = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+			require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+			require.Equal(t, int32(2), runs.Load())
+		})
+	}
+}
+
+func TestIdempotencyPanicReleases(t *testing.T) {
+	h, runs := srvScripted(
+		func(http.ResponseWriter, *http.Request) { panic("handler bug") },
+		func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusCreated) },
+	)
+	mw := Idempotency(srvTestGuard(t), WithoutScope())(h)
+	send := func() *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("a"))
+		req.Header.Set("Idempotency-Key", "k")
+		mw.ServeHTTP(rec, req)
+		return rec
+	}
+	require.PanicsWithValue(t, "handler bug", func() { send() })
+	require.Equal(t, http.StatusCreated, send().Code, "the key was released")
+	require.Equal(t, "true", send().Header().Get("Idempotent-Replayed"))
+	require.Equal(t, int32(2), runs.Load())
+}
+
+func TestIdempotencyClientGoneStillStores(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		cancel() // the client hangs up while the handler runs
+		w.WriteHeader(http.StatusCreated)
+	})
+	mw := Idempotency(srvTestGuard(t), WithoutScope())(h)
+	for _, c := range []context.Context{ctx, context.Background()} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequestWithContext(c, http.MethodPost, "/", strings.NewReader("a"))
+		req.Header.Set("Idempotency-Key", "k")
+		mw.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusCreated, rec.Code)
+	}
+	require.Equal(t, int32(1), runs.Load(), "stored although the first client had gone")
+}
+
+func TestIdempotencyInnerRejectionNotStored(t *testing.T) {
+	var calls atomic.Int32
+	l := srvLimiterFunc(func(context.Context, string, int) (ratelimit.Decision, error) {
+		allowed := calls.Add(1) > 1
+		return ratelimit.Decision{Allowed: allowed, Policy: "p", Limit: 1, Window: time.Second, RetryAfter: time.Second}, nil
+	})
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusCreated) })
+	url, c := srvTestServer(t, Chain(Idempotency(srvTestGuard(t), WithoutScope()), RateLimit(l))(h))
+	resp, _ := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	resp, _ = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode, "a 429 from inside is not replayed")
+	require.Equal(t, int32(1), runs.Load())
+}
+
+func TestIdempotencyRouteFromPattern(t *testing.T) {
+	ledger := &srvLedger{}
+	mux := http.NewServeMux()
+	mux.Handle("POST /orders/{id}", Idempotency(srvTestGuard(t), WithoutScope())(ledger))
+	url, c := srvTestServer(t, mux)
+	resp, _ := srvDo(t, c, http.MethodPost, url+"/orders/1", "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	resp, body := srvDo(t, c, http.MethodPost, url+"/orders/2", "a", srvKeyHeader("k"))
+	srvRequireProblem(t, resp, body, http.StatusUnprocessableEntity, TypeIdempotencyKeyReused)
+	resp, _ = srvDo(t, c, http.MethodPost, url+"/orders/1", "a", srvKeyHeader("k"))
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, 1, ledger.count())
+
+	// Without a pattern the path is the route: another path, another key.
+	url, c = srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(ledger))
+	srvDo(t, c, http.MethodPost, url+"/orders/1", "a", srvKeyHeader("k"))
+	resp, _ = srvDo(t, c, http.MethodPost, url+"/orders/2", "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, 3, ledger.count())
+}
+
+func TestIdempotencyConstructionPanics(t *testing.T) {
+	g := srvTestGuard(t)
+	require.PanicsWithValue(t, "httpmw: Idempotency needs WithScope(func) naming the principal a key belongs to, "+
+		"or WithoutScope() to let all callers share one key space", func() { Idempotency(g) })
+	for _, name := range []string{"set-cookie", "Authorization", "X-Auth-Token", "X-Session-Id", "Content-Length"} {
+		require.Panics(t, func() { Idempotency(g, WithoutScope(), WithReplayHeaders("Content-Type", name)) }, name)
+	}
+	require.NotPanics(t, func() { Idempotency(g, WithScope(func(*http.Request) (string, error) { return "", nil })) })
+}
+
+func TestIdempotencyFingerprintHeaders(t *testing.T) {
+	ledger := &srvLedger{}
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope(), WithFingerprintHeaders("content-type"))(ledger))
+	resp, _ := srvDo(t, c, http.MethodPost, url, "a", http.Header{"Idempotency-Key": {"k"}, "Content-Type": {"text/plain"}})
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	resp, body := srvDo(t, c, http.MethodPost, url, "a", http.Header{"Idempotency-Key": {"k"}, "Content-Type": {"application/json"}})
+	srvRequireProblem(t, resp, body, http.StatusUnprocessableEntity, TypeIdempotencyKeyReused)
+}
