@@ -55,6 +55,26 @@ var groups = []group{
 		},
 	},
 	{
+		name:  "GRPCServer",
+		title: "gRPC unary server interceptor in process: rate limit + bulkhead + breaker, metrics on",
+		ref:   "go-grpc-middleware-ratelimit",
+		floor: "bare",
+		targets: []target{
+			{variant: "bulwark-limit+bulkhead+breaker", allocs: atMost(0),
+				perOp: map[string]bound{"ns/op": atMost(150)}},
+		},
+	},
+	{
+		name:  "GRPCClient",
+		title: "gRPC unary client interceptor in process: retry + breaker, success",
+		ref:   "go-grpc-middleware-retry",
+		floor: "bare",
+		targets: []target{
+			{variant: "bulwark-retry+breaker", allocs: atMost(0),
+				perOp: map[string]bound{"ns/op": atMost(60)}},
+		},
+	},
+	{
 		name:  "Idempotency",
 		title: "idempotency claim + complete, memory store",
 		targets: []target{
