@@ -11,8 +11,8 @@ import (
 	"github.com/bulwark-go/bulwark/bulkhead"
 	"github.com/bulwark-go/bulwark/httpmw"
 	"github.com/bulwark-go/bulwark/ratelimit"
-	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 	fsbulkhead "github.com/failsafe-go/failsafe-go/bulkhead"
+	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 	"github.com/failsafe-go/failsafe-go/failsafehttp"
 	"github.com/prometheus/client_golang/prometheus"
 )
