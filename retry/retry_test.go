@@ -418,3 +418,5 @@ func TestConcurrentDoUnderRace(t *testing.T) {
 	}
 	require.LessOrEqual(t, calls.Load(), int64(64*100*3))
 }
+
+func errPermanent() error { return bulwark.Permanent(errBoom) }

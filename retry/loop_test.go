@@ -1,0 +1,109 @@
+package retry
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/bulwark-go/bulwark/internal/clock"
+)
+
+// An adapter's loop: it keeps the last "response" when no retry follows,
+// releases it before waiting when one does, and rewinds its "body" before the
+// next attempt.
+func TestLoopTwoPhase(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	p := New("t", WithClock(clk), WithBackOff(constBackOff(time.Second)))
+	type response struct {
+		status  int
+		drained bool
+	}
+	statuses := []int{503, 503, 503}
+	var (
+		log       []string
+		responses []*response
+	)
+	done := make(chan *response)
+	go func() {
+		l := p.Begin(context.Background())
+		for {
+			actx, cancel := l.Context()
+			require.NoError(t, actx.Err())
+			resp := &response{status: statuses[l.Attempt()-1]}
+			responses = append(responses, resp)
+			cancel()
+			var err error
+			if resp.status >= 500 {
+				err = errors.New("status 503")
+			}
+			if !l.Decide(err) {
+				done <- resp
+				return
+			}
+			resp.drained = true
+			log = append(log, "drained before waiting "+l.Delay().String())
+			if !l.Wait() {
+				done <- nil
+				return
+			}
+			log = append(log, "rewound")
+		}
+	}()
+	for range 2 {
+		clk.WaitForTimers(1)
+		clk.Advance(time.Second)
+	}
+	last := <-done
+	require.Len(t, responses, 3)
+	require.Same(t, responses[2], last)
+	require.False(t, last.drained, "the final response is kept for the caller")
+	require.True(t, responses[0].drained && responses[1].drained)
+	require.Equal(t, []string{"drained before waiting 1s", "rewound", "drained before waiting 1s", "rewound"}, log)
+}
+
+func TestLoopStates(t *testing.T) {
+	p := New("t", WithBackOff(zeroBackOff))
+	l := p.Begin(context.Background())
+	require.Equal(t, 1, l.Attempt())
+	require.False(t, l.Wait(), "Wait before Decide")
+	require.True(t, l.Decide(errBoom))
+	require.True(t, l.Decide(errBoom), "a repeated Decide keeps its answer")
+	require.True(t, l.Wait())
+	require.Equal(t, 2, l.Attempt())
+	require.False(t, l.Next(nil))
+	require.NoError(t, l.Err())
+	require.False(t, l.Next(errBoom), "the loop is over")
+	require.False(t, l.Decide(errBoom))
+	require.NoError(t, l.Err())
+
+	l = p.Begin(context.Background())
+	require.False(t, l.Next(errPermanent()))
+	requireRetryError(t, l.Err(), 1, NotRetryable)
+	require.False(t, l.Wait())
+}
+
+func TestLoopContextCanceledBeforeWait(t *testing.T) {
+	var hooked bool
+	p := New("t", WithBackOff(zeroBackOff), WithOnRetry(func(int, error, time.Duration) { hooked = true }))
+	ctx, cancel := context.WithCancel(context.Background())
+	l := p.Begin(ctx)
+	require.True(t, l.Decide(errBoom))
+	cancel()
+	require.False(t, l.Wait())
+	requireRetryError(t, l.Err(), 1, Canceled)
+	require.ErrorIs(t, l.Err(), context.Canceled)
+	require.False(t, hooked, "no hook for a wait that does not happen")
+}
+
+func TestLoopAttemptContextWithTimeout(t *testing.T) {
+	p := New("t", WithAttemptTimeout(time.Hour))
+	l := p.Begin(context.Background())
+	actx, cancel := l.Context()
+	_, ok := actx.Deadline()
+	require.True(t, ok)
+	cancel()
+	require.ErrorIs(t, actx.Err(), context.Canceled)
+}

@@ -1,0 +1,115 @@
+package retry
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bulwark-go/bulwark/internal/clock"
+)
+
+func TestMetricsAfterScriptedScenario(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	clk := clock.NewFake(time.Time{})
+	p := New("orders", WithRegisterer(reg), WithClock(clk), WithBackOff(constBackOff(time.Second)), WithMaxAttempts(3))
+	// A second policy on the same registry shares the collectors.
+	tight := New("tight", WithRegisterer(reg), WithBackOff(zeroBackOff), WithBudget(NewBudget(2, 0.5)))
+	ctx := context.Background()
+
+	// Drive p's waits on the fake clock while the scripted calls run.
+	stop := make(chan struct{})
+	drove := make(chan struct{})
+	go func() {
+		defer close(drove)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if clk.Pending() > 0 {
+				clk.Advance(time.Second)
+			} else {
+				clk.WaitForTimers(1)
+			}
+		}
+	}()
+
+	require.NoError(t, p.Do(ctx, func(context.Context) error { return nil })) // first_try: 1 attempt
+	fn, _ := failing(1, errBoom)
+	require.NoError(t, p.Do(ctx, fn)) // after_retry: 2 attempts, 1 wait
+	fn, _ = failing(10, errBoom)
+	requireRetryError(t, p.Do(ctx, fn), 3, Exhausted) // exhausted: 3 attempts, 2 waits
+	requireRetryError(t, p.Do(ctx, func(context.Context) error { return errPermanent() }), 1, NotRetryable)
+	canceled, cancel := context.WithCancel(ctx)
+	requireRetryError(t, p.Do(canceled, func(context.Context) error { cancel(); return errBoom }), 1, Canceled)
+	requireRetryError(t, tight.Do(ctx, func(context.Context) error { return errBoom }), 1, BudgetExhausted)
+	close(stop)
+	clk.NewTimer(time.Hour) // wake the driver if it waits for a timer
+	<-drove
+
+	calls := func(name, result string) float64 {
+		t.Helper()
+		c, err := reg.Gather()
+		require.NoError(t, err)
+		for _, mf := range c {
+			if mf.GetName() != "bulwark_retry_calls_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, lp := range m.GetLabel() {
+					labels[lp.GetName()] = lp.GetValue()
+				}
+				if labels["name"] == name && labels["result"] == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		t.Fatalf("no series name=%s result=%s", name, result)
+		return 0
+	}
+	for result, want := range map[string]float64{
+		"first_try": 1, "after_retry": 1, "exhausted": 1, "not_retryable": 1, "canceled": 1, "budget_exhausted": 0,
+	} {
+		require.Equal(t, want, calls("orders", result), result)
+	}
+	require.Equal(t, 1.0, calls("tight", "budget_exhausted"))
+
+	// Budget of "orders": 10, -1 +0.1 (after_retry), -3 (exhausted); the not
+	// retryable and canceled calls leave it alone.
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_retry_attempts_total Attempts made by retry policies, first calls included.
+# TYPE bulwark_retry_attempts_total counter
+bulwark_retry_attempts_total{name="orders"} 8
+bulwark_retry_attempts_total{name="tight"} 1
+# HELP bulwark_retry_budget_tokens Tokens left in the retry budget of a retry policy; retries stop at half the capacity.
+# TYPE bulwark_retry_budget_tokens gauge
+bulwark_retry_budget_tokens{name="orders"} 6.1
+bulwark_retry_budget_tokens{name="tight"} 1
+`), "bulwark_retry_attempts_total", "bulwark_retry_budget_tokens"))
+
+	// Three waits of a second each.
+	require.Equal(t, 2, testutil.CollectAndCount(reg, "bulwark_retry_wait_seconds"))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == "bulwark_retry_wait_seconds" {
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "orders" {
+					require.EqualValues(t, 3, m.GetHistogram().GetSampleCount())
+					require.Equal(t, 3.0, m.GetHistogram().GetSampleSum())
+				}
+			}
+		}
+	}
+
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+}
