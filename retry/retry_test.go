@@ -102,7 +102,7 @@ func TestSuccessAfterRetries(t *testing.T) {
 
 type rejection struct{ hint bulwark.Hint }
 
-func (rejection) Error() string              { return "rejected" }
+func (rejection) Error() string             { return "rejected" }
 func (r rejection) RetryHint() bulwark.Hint { return r.hint }
 
 func TestNotRetryableStopsAfterOneAttempt(t *testing.T) {
