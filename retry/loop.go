@@ -60,7 +60,8 @@ const (
 	stateDone
 )
 
-// Begin starts a call under the policy: the first attempt may run at once.
+// Begin starts a call under the policy and counts its first attempt, which
+// may run at once. The returned Loop belongs to this call only.
 func (p *Policy) Begin(ctx context.Context) Loop {
 	p.attempts.Inc()
 	return Loop{p: p, ctx: ctx, attempt: 1}

@@ -162,7 +162,8 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(c *config) { c.reg = reg }
 }
 
-// WithClock sets the clock that times waits and the elapsed cap. Nil, the
+// WithClock sets the clock that times waits and the elapsed cap, and whose
+// Now is compared with the context's deadline before each wait. Nil, the
 // default, is the system clock.
 func WithClock(c clock.Clock) Option {
 	return func(cfg *config) { cfg.clock = c }

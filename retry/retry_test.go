@@ -130,10 +130,11 @@ func TestNotRetryableStopsAfterOneAttempt(t *testing.T) {
 			} else {
 				require.Same(t, tc.err, re.Err)
 			}
-			if _, ok := tc.err.(rejection); !ok && !errors.Is(tc.err, errBoom) {
-				return
+			if tc.name == "rejection with NoRetry" {
+				require.ErrorAs(t, err, new(rejection))
+			} else {
+				require.ErrorIs(t, err, errBoom)
 			}
-			require.ErrorIs(t, err, errBoom)
 		})
 	}
 }
