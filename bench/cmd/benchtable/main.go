@@ -79,9 +79,9 @@ func (b bound) ok(v float64) bool {
 
 func (b bound) String() string {
 	if b.min {
-		return "≥ " + num(b.limit)
+		return "≥ " + num2(b.limit)
 	}
-	return "≤ " + num(b.limit)
+	return "≤ " + num2(b.limit)
 }
 
 // miss says by how much v misses b: relative when the limit is not zero.
@@ -382,7 +382,7 @@ func (t *table) writeRow(w io.Writer, g *group, k id) {
 		ratio = "floor"
 	default:
 		if r, ok := t.ratio(g, k); ok {
-			ratio = strconv.FormatFloat(r, 'f', 2, 64)
+			ratio = ratioText(r)
 		}
 	}
 	var other []string
@@ -477,12 +477,24 @@ func (t *table) check(g *group, tg target, k id) string {
 	return fmt.Sprintf("%s: %s %s %s — %s", verdict, g.name, k.mode, k.variant, strings.Join(parts, "; "))
 }
 
-// num2 formats a ratio or count with two decimals when it has a fraction.
+// num2 formats a value checked against a target: three significant digits
+// below 100 (a ratio of 0.252 must not read as 0.25), whole numbers above.
 func num2(v float64) string {
-	if v == math.Trunc(v) {
+	if math.Abs(v) >= 100 {
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
-	return strconv.FormatFloat(v, 'f', 2, 64)
+	return strconv.FormatFloat(v, 'g', 3, 64)
+}
+
+// ratioText formats a ratio for the table: two decimals below 10.
+func ratioText(r float64) string {
+	switch a := math.Abs(r); {
+	case a >= 100:
+		return strconv.FormatFloat(r, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(r, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(r, 'f', 2, 64)
 }
 
 // cpuInfo returns the CPU model and the number of logical CPUs from

@@ -94,10 +94,10 @@ func TestTable(t *testing.T) {
 		"| New serial | x/a/b | 5 |  |  |  |  |",
 		"| HTTPHandler serial | bare | 20 | 0 | 0 | floor |  |",
 		"| HTTPHandler serial | bulwark-stack | 120 | 0 | 0 | 0.20 |  |",
-		"- met: HTTPHandler serial bulwark-stack — added ns/op ratio to failsafe-breaker+bulkhead's 0.20 (≤ 0.33); allocs/op 0 (≤ 1)",
-		"- met: Breaker serial bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.13 (≤ 0.25); allocs/op 0 (≤ 0)",
-		"- **missed**: Breaker parallel bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.50 (≤ 0.25, missed by 100%); allocs/op 1 (≤ 0, missed by 1)",
-		"- **missed**: RedisLimiter parallel bulwark-redisrate — decisions/s ratio to redis_rate 1.30 (≥ 1.30); allocs/op 15 (≤ 8, missed by 88%); cmds/op 1 (≤ 1)",
+		"- met: HTTPHandler serial bulwark-stack — added ns/op ratio to failsafe-breaker+bulkhead's 0.2 (≤ 0.33); allocs/op 0 (≤ 1)",
+		"- met: Breaker serial bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.133 (≤ 0.25); allocs/op 0 (≤ 0)",
+		"- **missed**: Breaker parallel bulwark-two-phase — ns/op ratio to gobreaker-Execute 0.5 (≤ 0.25, missed by 100%); allocs/op 1 (≤ 0, missed by 1)",
+		"- **missed**: RedisLimiter parallel bulwark-redisrate — decisions/s ratio to redis_rate 1.3 (≥ 1.3); allocs/op 15 (≤ 8, missed by 88%); cmds/op 1 (≤ 1)",
 	} {
 		require.Contains(t, got, want)
 	}
