@@ -78,10 +78,31 @@ func KeyByIP(opts ...IPOption) KeyFunc {
 // srvKeyByRemoteAddr is KeyByIP without trusted proxies.
 func srvKeyByRemoteAddr(r *http.Request) (string, error) {
 	host := srvHost(r.RemoteAddr)
-	if _, err := netip.ParseAddr(host); err != nil {
+	if !srvLooksLikeIP(host) {
 		return "", ErrNoKey
 	}
 	return host, nil
+}
+
+// srvLooksLikeIP reports whether s is made of the characters of an IPv4 or
+// IPv6 address (with an optional zone) and has a dot or a colon. It is a cheap
+// stand-in for netip.ParseAddr on the hot path: net/http's RemoteAddr is
+// either an address that net formatted or, for a Unix socket, something
+// without those characters ("@", "").
+func srvLooksLikeIP(s string) bool {
+	sep := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '%' && i > 0:
+			return sep
+		case c == '.' || c == ':':
+			sep = true
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return sep
 }
 
 // srvHost strips the port from a host:port address, IPv6 aware: "[::1]:80"

@@ -27,6 +27,8 @@ func TestKeyByIP(t *testing.T) {
 		{name: "ipv6 no port", remote: "2001:db8::1", want: "2001:db8::1"},
 		{name: "not an address", remote: "@", err: true},
 		{name: "empty", remote: "", err: true},
+		{name: "unix socket name", remote: "/run/app.sock", err: true},
+		{name: "ipv6 with zone", remote: "[fe80::1%eth0]:80", want: "fe80::1%eth0"},
 		{name: "xff ignored by default", remote: "192.0.2.1:1", xff: []string{"203.0.113.9"}, want: "192.0.2.1"},
 		{name: "spoofed xff from untrusted peer", opts: []IPOption{trusted},
 			remote: "192.0.2.1:1", xff: []string{"203.0.113.9"}, want: "192.0.2.1"},
