@@ -51,7 +51,7 @@ func TestKeyByIP(t *testing.T) {
 			remote: "10.1.1.1:1", fwd: []string{"for=203.0.113.9"}, want: "10.1.1.1"},
 		{name: "forwarded", opts: []IPOption{trusted, WithForwardedHeader()},
 			remote: "10.1.1.1:1", xff: []string{"198.51.100.1"},
-			fwd: []string{`for=1.1.1.1;proto=http, For="[2001:db8:cafe::17]:4711";by=10.0.0.1, for=10.2.2.2`},
+			fwd:  []string{`for=1.1.1.1;proto=http, For="[2001:db8:cafe::17]:4711";by=10.0.0.1, for=10.2.2.2`},
 			want: "2001:db8:cafe::17"},
 		{name: "forwarded quoted separators", opts: []IPOption{trusted, WithForwardedHeader()},
 			remote: "10.1.1.1:1", fwd: []string{`for=203.0.113.7;host="a,b;c", for=10.2.2.2`}, want: "203.0.113.7"},
