@@ -946,3 +946,121 @@ func TestWithRetryableStatusPanicsOnNonStatus(t *testing.T) {
 	require.Panics(t, func() { WithRetryableStatus(99) })
 	require.Panics(t, func() { WithRetryableStatus(600) })
 }
+
+func TestTransportHonoursServerBreakerRetryAfter(t *testing.T) {
+	t.Parallel()
+	srvClk := clock.NewFake(time.Time{})
+	srvBreaker := breaker.New("server", breaker.WithConsecutiveFailures(2), breaker.WithOpenDuration(3*time.Second),
+		breaker.WithJitter(0), breaker.WithHalfOpen(1, 1), breaker.WithClock(srvClk))
+	var handled atomic.Int64
+	app := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if handled.Add(1) <= 2 {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "recovered")
+	})
+	srv := httptest.NewServer(Breaker(srvBreaker)(app))
+	t.Cleanup(srv.Close)
+
+	clk := clock.NewFake(time.Time{})
+	rec := &trRecorder{}
+	var cliBreaker *breaker.Breaker
+	c := &http.Client{Transport: NewTransport(srv.Client().Transport,
+		WithRetry(trPolicy(clk, 3, rec)),
+		WithBreakers(func(string) *breaker.Breaker {
+			cliBreaker = breaker.New("client", breaker.WithConsecutiveFailures(5), breaker.WithClock(clk))
+			return cliBreaker
+		}, 0))}
+	get := func() <-chan trResult {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+		return trStart(c, req)
+	}
+	for range 2 { // 500 is not retried; the second one opens the server's breaker
+		res := <-get()
+		require.NoError(t, res.err)
+		require.Equal(t, 500, res.resp.StatusCode)
+	}
+	require.Equal(t, breaker.Open, srvBreaker.State())
+
+	// The server's breaker answers 503 with Retry-After: 3; the client waits
+	// exactly that long and its retry is the server's half-open probe.
+	done := get()
+	clk.WaitForTimers(1)
+	srvClk.Advance(3 * time.Second)
+	trAdvanceExactly(t, clk, 3*time.Second)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, "recovered", res.body)
+	delays, errs := rec.get()
+	require.Equal(t, []time.Duration{3 * time.Second}, delays)
+	var se *StatusError
+	require.ErrorAs(t, errs[0], &se)
+	require.Equal(t, http.StatusServiceUnavailable, se.StatusCode)
+	require.Equal(t, breaker.Closed, srvBreaker.State())
+	require.EqualValues(t, 3, handled.Load(), "the rejected request never reached the handler")
+	require.Equal(t, int64(3), cliBreaker.Counts().Failures, "500, 500 and the 503 count against the client's breaker")
+}
+
+func TestTransportConcurrentFlakyUpstream(t *testing.T) {
+	t.Parallel()
+	// Each logical request (X-Request: id) fails twice, with 503 then 429,
+	// and succeeds on its third attempt.
+	var (
+		mu   sync.Mutex
+		seen = map[string]int{}
+	)
+	u := trNewUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Header.Get("X-Request")]++
+		n := seen[r.Header.Get("X-Request")]
+		mu.Unlock()
+		switch n {
+		case 1:
+			trStatus(503, "down")(w, r)
+		case 2:
+			trStatus(429, "slow", "Retry-After", "0")(w, r)
+		default:
+			trStatus(200, "ok")(w, r)
+		}
+	})
+	// At most 8 requests in flight, and a pool that keeps 8 idle connections
+	// (net/http keeps 2 by default, closing the others when they come back).
+	u.srv.Client().Transport.(*http.Transport).MaxIdleConnsPerHost = 8
+	bh := bulkhead.New("client", bulkhead.WithLimit(8), bulkhead.WithQueue(64), bulkhead.WithMaxWait(time.Minute))
+	p := retry.New("concurrent", retry.WithBudget(nil), retry.WithMaxAttempts(3),
+		retry.WithBackOff(func() backoff.BackOff { return &backoff.ZeroBackOff{} }))
+	c := u.client(WithRetry(p), WithBulkhead(bh),
+		WithBreakers(func(h string) *breaker.Breaker { return breaker.New(h, breaker.WithFailureRate(1, 10000)) }, 0))
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Go(func() {
+			for j := range 10 {
+				method := http.MethodGet
+				if i%2 == 0 {
+					method = http.MethodPost
+				}
+				req, _ := http.NewRequest(method, u.srv.URL, strings.NewReader("x"))
+				req.Header.Set("X-Request", strconv.Itoa(i*100+j))
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != 200 || string(b) != "ok" {
+					t.Errorf("request %d-%d: %d %q", i, j, resp.StatusCode, b)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.Len(t, u.seen(), 3*320)
+	require.Equal(t, 0, bh.InFlight())
+	// A slot is freed when the body reaches its end, a moment before
+	// net/http puts the connection back in the pool, so a few more than 8
+	// connections can be dialled; without draining it would be hundreds.
+	t.Logf("%d requests, %d attempts, %d connections", 320, len(u.seen()), u.newConns.Load())
+	require.LessOrEqual(t, u.newConns.Load(), int64(8+32))
+}
