@@ -52,7 +52,8 @@ type TransportOption func(*Transport)
 // Transport is an [http.RoundTripper] that sends requests through a base
 // RoundTripper under a retry policy, a circuit breaker per upstream host, a
 // bulkhead and a client-side rate limit. Each is off until its option turns
-// it on, so NewTransport(nil) with no options is http.DefaultTransport.
+// it on, so NewTransport(nil) with no options passes every request to
+// http.DefaultTransport unchanged.
 //
 // # Composition
 //
@@ -102,8 +103,11 @@ type TransportOption func(*Transport)
 // backoff, budget, elapsed cap, and it never retries once the caller's
 // context has ended.
 //
-// A discarded response is drained (up to 64 KiB) and closed before the wait,
-// so its connection returns to the pool and the retry reuses it. When the
+// A discarded response is drained (up to 64 KiB; a body declared longer is
+// just closed) and closed before the wait, so its connection returns to the
+// pool and the retry reuses it. The drain is bounded in time by the attempt's
+// context: give the retry policy an attempt timeout when an upstream may
+// stall in the middle of an error page. When the
 // retries are over and the last attempt got a response, RoundTrip returns that
 // response with its body unread and a nil error, as any transport would: the
 // caller sees the 503, not a synthetic error. When the last attempt got no
