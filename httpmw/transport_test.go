@@ -249,6 +249,14 @@ func TestTransportScriptedUpstream(t *testing.T) {
 			wantStatus: 503, wantBody: "come back tomorrow", wantCalls: 1,
 		},
 		{
+			name:       "WithMaxRetryAfter(0) leaves the cap to the retry policy, which shortens the wait",
+			steps:      []trStep{trStatus(503, "", "Retry-After", "86400"), trStatus(200, "ok")},
+			attempts:   3,
+			opts:       []TransportOption{WithMaxRetryAfter(0)},
+			waits:      []time.Duration{5 * time.Second},
+			wantStatus: 200, wantBody: "ok", wantCalls: 2,
+		},
+		{
 			name:       "Retry-After date beyond the cap is not waited for",
 			steps:      []trStep{trStatus(429, "later", "Date", date, "Retry-After", "Fri, 02 Jan 2026 12:00:00 GMT"), trStatus(200, "ok")},
 			attempts:   3,
