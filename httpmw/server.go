@@ -91,12 +91,14 @@ func DefaultStatusClassifier(status int) breaker.Outcome {
 //
 // A sensible order for a server is
 //
-//	Chain(RateLimit(l), Bulkhead(bh), Breaker(b), Idempotency(g, ...))
+//	Chain(RateLimit(l), Bulkhead(bh), Breaker(b))(mux)
 //
-// the cheapest, per-client refusal first; the bulkhead before the breaker so
-// that calls waiting for a slot do not hold a breaker permit; idempotency
-// innermost so that a replay is served only to admitted requests and a
-// rejection never touches the idempotency store.
+// the cheapest, per-client refusal first, and the bulkhead before the breaker
+// so that requests waiting for a slot hold no breaker permit. [Idempotency]
+// goes on the routes it protects, inside the mux (where r.Pattern is set),
+// and so inside the others: a rejected request never touches the idempotency
+// store, and a replay is served only to admitted requests. A rejection by a
+// bulwark middleware inside a Breaker is not counted as a failure.
 func Chain(mws ...func(http.Handler) http.Handler) func(http.Handler) http.Handler {
 	mws = slices.DeleteFunc(slices.Clone(mws), func(m func(http.Handler) http.Handler) bool { return m == nil })
 	return func(h http.Handler) http.Handler {
