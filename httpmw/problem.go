@@ -90,12 +90,20 @@ func WriteProblem(w http.ResponseWriter, _ *http.Request, p Problem) {
 	_, _ = w.Write(body)
 }
 
-// srvReject marks w as rejected by a bulwark middleware (so that an outer
-// Breaker does not count the rejection as a handler failure), sets
+// srvReject marks every wrapper of ours down w's Unwrap chain as rejected by
+// a bulwark middleware (so that an outer Breaker does not count the rejection
+// as a handler failure, nor an outer Idempotency store it), sets
 // Retry-After when retryAfter is positive and hands p to the error writer.
 func (c *srvConfig) srvReject(w http.ResponseWriter, r *http.Request, p Problem) {
-	if sw, ok := w.(*srvWriter); ok {
-		sw.rejected = true
+	for rw := w; rw != nil; {
+		if sw, ok := rw.(*srvWriter); ok {
+			sw.rejected = true
+		}
+		u, ok := rw.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		rw = u.Unwrap()
 	}
 	if p.Title == "" {
 		p.Title = http.StatusText(p.Status)

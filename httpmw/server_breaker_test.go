@@ -165,7 +165,23 @@ func TestBreakerIgnoresInnerRejection(t *testing.T) {
 	}
 	require.Equal(t, breaker.Closed, b.State())
 	require.Zero(t, b.Counts().Calls)
+
+	// Also through someone else's wrapper that implements Unwrap.
+	foreign := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(&srvForeignWriter{w}, r)
+		})
+	}
+	h = Chain(Breaker(b), foreign, Bulkhead(srvFullBulkhead(t)))(http.HandlerFunc(srvOK))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	require.Zero(t, b.Counts().Calls)
 }
+
+type srvForeignWriter struct{ http.ResponseWriter }
+
+func (f *srvForeignWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
 
 func TestBreakerRetryAfterAtLeastOneSecond(t *testing.T) {
 	b := srvTestBreaker(t)
