@@ -324,6 +324,10 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 	}()
 	next.ServeHTTP(sw, r)
 	done = true
+	if sw.status == 0 {
+		// Nothing written: net/http sends 200 with the header as it stands.
+		sw.srvRecordHeader(http.StatusOK)
+	}
 	if sw.flushed || sw.capOver || sw.hijacked || sw.rejected {
 		_ = lease.Release(ctx)
 		return

@@ -432,3 +432,18 @@ func TestIdempotencyFingerprintHeaders(t *testing.T) {
 	resp, body := srvDo(t, c, http.MethodPost, url, "a", http.Header{"Idempotency-Key": {"k"}, "Content-Type": {"application/json"}})
 	srvRequireProblem(t, resp, body, http.StatusUnprocessableEntity, TypeIdempotencyKeyReused)
 }
+
+func TestIdempotencyHeaderOnlyResponse(t *testing.T) {
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Location", "/done") // and nothing written
+	})
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(h))
+	for i := range 2 {
+		resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "/done", resp.Header.Get("Location"))
+		require.Empty(t, body)
+		require.Equal(t, i == 1, resp.Header.Get("Idempotent-Replayed") == "true")
+	}
+	require.Equal(t, int32(1), runs.Load())
+}
