@@ -191,10 +191,9 @@ func WithRetry(p *retry.Policy) TransportOption {
 // scheme, host and port ("https://api.example.com:443", the string passed to
 // newBreaker, and a good breaker name: it is the metrics' name label).
 // newBreaker may return the same breaker for several hosts, or nil for a host
-// that should have none. It is called without any lock held, possibly from
-// several goroutines at once, and, when requests to a new host race, more
-// than once for that host: the first result stored is kept and the others are
-// dropped unused (breaker.New with a shared registerer handles that).
+// that should have none. It is called exactly once per host, without any
+// of the transport's locks held (requests to that host that arrive meanwhile
+// wait for it), possibly from several goroutines at once for different hosts.
 //
 // The set is bounded: the first maxHosts upstreams (DefaultMaxBreakerHosts
 // when maxHosts ≤ 0) keep their breakers for the transport's life; requests

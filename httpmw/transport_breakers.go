@@ -40,14 +40,20 @@ func (k trHostKey) String() string {
 type trBreakers struct {
 	newBreaker func(host string) *breaker.Breaker
 	limit      int
-	hosts      atomic.Pointer[map[trHostKey]*breaker.Breaker]
+	hosts      atomic.Pointer[map[trHostKey]*trHostBreaker]
 	full       atomic.Bool
 	mu         sync.Mutex // serialises writers of hosts
 }
 
+// trHostBreaker is one host's breaker, built once, on first use.
+type trHostBreaker struct {
+	once sync.Once
+	b    *breaker.Breaker
+}
+
 func trNewBreakers(newBreaker func(string) *breaker.Breaker, limit int) *trBreakers {
 	s := &trBreakers{newBreaker: newBreaker, limit: limit}
-	m := map[trHostKey]*breaker.Breaker{}
+	m := map[trHostKey]*trHostBreaker{}
 	s.hosts.Store(&m)
 	return s
 }
@@ -56,16 +62,24 @@ func trNewBreakers(newBreaker func(string) *breaker.Breaker, limit int) *trBreak
 // nil when the host has none.
 func (s *trBreakers) get(u *url.URL) *breaker.Breaker {
 	k := trHostKeyOf(u)
-	if b, ok := (*s.hosts.Load())[k]; ok {
-		return b
+	e, ok := (*s.hosts.Load())[k]
+	if !ok {
+		if s.full.Load() {
+			return nil
+		}
+		if e = s.add(k); e == nil {
+			return nil
+		}
 	}
-	if s.full.Load() {
-		return nil
-	}
-	// newBreaker is the caller's code: call it without holding the lock. Two
-	// goroutines meeting a new host at once may both build one; the first
-	// stored wins and the other is dropped unused.
-	b := s.newBreaker(k.String())
+	// newBreaker is the caller's code: it runs outside s.mu, exactly once
+	// per host, so a breaker is never built and then dropped (which would
+	// leave its metrics registered for a breaker nobody uses).
+	e.once.Do(func() { e.b = s.newBreaker(k.String()) })
+	return e.b
+}
+
+// add returns the entry for k, adding it when the set has room.
+func (s *trBreakers) add(k trHostKey) *trHostBreaker {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := *s.hosts.Load()
@@ -76,16 +90,17 @@ func (s *trBreakers) get(u *url.URL) *breaker.Breaker {
 		s.full.Store(true)
 		return nil
 	}
-	next := make(map[trHostKey]*breaker.Breaker, len(cur)+1)
+	next := make(map[trHostKey]*trHostBreaker, len(cur)+1)
 	for hk, hb := range cur {
 		next[hk] = hb
 	}
-	next[k] = b
+	e := &trHostBreaker{}
+	next[k] = e
 	s.hosts.Store(&next)
 	if len(next) >= s.limit {
 		s.full.Store(true)
 	}
-	return b
+	return e
 }
 
 // len returns the number of hosts known.

@@ -1072,3 +1072,28 @@ func TestTransportConcurrentFlakyUpstream(t *testing.T) {
 	t.Logf("%d requests, %d attempts, %d connections", 320, len(u.seen()), u.newConns.Load())
 	require.LessOrEqual(t, u.newConns.Load(), int64(8+32))
 }
+
+func TestTransportBuildsOneBreakerPerHost(t *testing.T) {
+	var built atomic.Int64
+	set := trNewBreakers(func(host string) *breaker.Breaker {
+		built.Add(1)
+		return breaker.New(host)
+	}, 4)
+	u, err := url.Parse("http://Example.com/x")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	got := make([]*breaker.Breaker, 64)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = set.get(u)
+		}()
+	}
+	wg.Wait()
+	require.EqualValues(t, 1, built.Load(), "racing requests to a new host must build its breaker once")
+	for _, b := range got {
+		require.Same(t, got[0], b)
+	}
+	require.Equal(t, "http://example.com:80", got[0].Name())
+}
