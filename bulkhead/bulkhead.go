@@ -211,9 +211,13 @@ func (p *Permit) Release() {
 // Acquire returns a [*RejectedError] matching [ErrFull] when the limit is
 // reached and the queue is absent or full, one matching [ErrTimeout] when the
 // maximum wait elapsed, and an error wrapping ctx.Err() when ctx ended the
-// wait or was already done when a wait would begin. Like
-// golang.org/x/sync/semaphore, Acquire takes a free slot without looking at
-// ctx, so that admission costs no more than one atomic operation.
+// wait or was already done (or past its deadline) when a wait would begin.
+// Like golang.org/x/sync/semaphore, Acquire takes a free slot without
+// looking at ctx, so that admission costs one atomic operation; a bulkhead
+// without a queue likewise rejects with ErrFull whatever the state of ctx.
+//
+// Acquire does not allocate when it takes a free slot or rejects with
+// ErrFull; a wait in the queue allocates a few small objects and a timer.
 func (b *Bulkhead) Acquire(ctx context.Context) (Permit, error) {
 	for {
 		s := b.state.Load()

@@ -662,3 +662,34 @@ func TestZeroAllocsWhenFree(t *testing.T) {
 		held[i].Release()
 	}
 }
+
+// pausingCtx blocks in Deadline, the last thing Acquire asks before it takes
+// the lock to queue, until the test lets it go on.
+type pausingCtx struct {
+	context.Context
+	called, proceed chan struct{}
+}
+
+func (c pausingCtx) Deadline() (time.Time, bool) {
+	close(c.called)
+	<-c.proceed
+	return time.Time{}, false
+}
+
+func TestSlotFreedBeforeQueueing(t *testing.T) {
+	// A slot freed after the fast path failed, but before the caller took
+	// the lock, is taken instead of queueing.
+	fc := clock.NewFake(time.Time{})
+	b := New("gap", WithLimit(1), WithQueue(1), WithClock(fc))
+	held := hold(t, b, 1)
+	ctx := pausingCtx{context.Background(), make(chan struct{}), make(chan struct{})}
+	ch := acquireAsync(ctx, b)
+	<-ctx.called
+	held[0].Release()
+	close(ctx.proceed)
+	r := <-ch
+	require.NoError(t, r.err)
+	require.Equal(t, 0, fc.Created(), "no wait began")
+	r.p.Release()
+	requireEmpty(t, b)
+}
