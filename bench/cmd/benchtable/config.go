@@ -101,4 +101,13 @@ var groups = []group{
 			{variant: "bulwark-redisstore", perOp: map[string]bound{"cmds/op": atMost(2)}},
 		},
 	},
+	{
+		name:   "PGIdempotency",
+		title:  "idempotency claim + complete, PostgreSQL store (64 goroutines over 16 connections in parallel)",
+		metric: "ops/s",
+		targets: []target{
+			// One statement (one round trip) per store operation.
+			{variant: "bulwark-pgstore", perOp: map[string]bound{"stmts/op": atMost(2)}},
+		},
+	},
 }
