@@ -447,3 +447,35 @@ func TestIdempotencyHeaderOnlyResponse(t *testing.T) {
 	}
 	require.Equal(t, int32(1), runs.Load())
 }
+
+// srvBrokenPipeWriter accepts the header and then fails every write, like
+// the connection of a client that hung up while the response went out.
+type srvBrokenPipeWriter struct{ srvPlainWriter }
+
+func (*srvBrokenPipeWriter) Write([]byte) (int, error) { return 0, errors.New("write: broken pipe") }
+
+// TestIdempotencyStoresWhatTheHandlerWrote: the client went away before the
+// body reached it; the handler's effect happened all the same, so the
+// client's retry must replay the whole response the handler wrote, not the
+// part (here: none) that the dead connection accepted.
+func TestIdempotencyStoresWhatTheHandlerWrote(t *testing.T) {
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"order":`)
+		_, _ = io.WriteString(w, `1}`)
+	})
+	mw := Idempotency(srvTestGuard(t), WithoutScope())(h)
+	send := func(w http.ResponseWriter) {
+		req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader("a"))
+		req.Header.Set("Idempotency-Key", "k")
+		mw.ServeHTTP(w, req)
+	}
+	send(&srvBrokenPipeWriter{srvPlainWriter{h: http.Header{}}})
+	rec := httptest.NewRecorder()
+	send(rec)
+	require.Equal(t, int32(1), runs.Load())
+	require.Equal(t, "true", rec.Header().Get("Idempotent-Replayed"))
+	require.Equal(t, http.StatusCreated, rec.Code)
+	require.Equal(t, `{"order":1}`, rec.Body.String())
+}

@@ -92,21 +92,23 @@ func (sw *srvWriter) srvRecordHeader(code int) {
 	}
 }
 
-// Write writes p, with an implicit 200 when no status was written.
+// Write writes p, with an implicit 200 when no status was written. When
+// capturing, all of p is captured even if the underlying write fails: the
+// handler produced it, and a client whose connection broke mid-response
+// must get the whole response when its retry is replayed.
 func (sw *srvWriter) Write(p []byte) (int, error) {
 	if sw.status == 0 {
 		sw.srvRecordHeader(http.StatusOK)
 	}
-	n, err := sw.rw.Write(p)
 	if sw.capturing && !sw.capOver {
-		if len(sw.capBody)+n > sw.capLimit {
+		if len(sw.capBody)+len(p) > sw.capLimit {
 			sw.capOver = true
 			sw.capBody = nil
 		} else {
-			sw.capBody = append(sw.capBody, p[:n]...)
+			sw.capBody = append(sw.capBody, p...)
 		}
 	}
-	return n, err
+	return sw.rw.Write(p)
 }
 
 // srvWriteOnly hides every method of a writer but Write, so that io.Copy
