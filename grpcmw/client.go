@@ -132,7 +132,7 @@ func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hi
 	code := codeOf(err)
 	switch {
 	case c.retryable.has(code):
-	case code == codes.DeadlineExceeded && actx.Err() != nil && ctx.Err() == nil:
+	case code == codes.DeadlineExceeded && attemptTimedOut(ctx, actx):
 		// The policy's per-attempt timeout ended the attempt; the call goes on.
 		return err
 	default:
@@ -142,6 +142,23 @@ func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hi
 		return bulwark.WithHint(err, *hint)
 	}
 	return err
+}
+
+// attemptTimedOut reports whether a DeadlineExceeded attempt ran under the
+// policy's per-attempt deadline rather than the caller's. The status may
+// arrive from the server (which enforces grpc-timeout) a moment before the
+// client's own timer expires actx, so the deadlines are compared, not the
+// contexts' errors.
+func attemptTimedOut(ctx, actx context.Context) bool {
+	if actx == ctx || ctx.Err() != nil {
+		return false
+	}
+	adl, ok := actx.Deadline()
+	if !ok {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || adl.Before(dl)
 }
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
