@@ -23,4 +23,14 @@
 // total upstream calls during the outage stay within the retry.Budget bound
 // (1+ratio)×requests + maxTokens/2, and the retries within maxTokens/2; once
 // the proxy is back the probes succeed and the breaker closes.
+//
+// TestSlowUpstream: with a latency toxic of 120ms, eight calls that all
+// answer 200 open a breaker configured with a 60ms slow-call threshold and a
+// slow-call rate of 0.5 (the failure rate had nothing to count), and the next
+// call is refused at once without reaching the upstream. With a 2s latency
+// and a per-attempt timeout of 80ms, a request makes exactly its three
+// attempts, each ended by its own timeout (context.DeadlineExceeded, the
+// caller's deadline untouched), gives up after about 3×80ms instead of
+// waiting for the response, and the three timeouts open a breaker set to
+// trip on three consecutive failures.
 package reliability

@@ -37,7 +37,12 @@ func newFaultProxy(t testing.TB, upstream string) *faultProxy {
 	p := toxiproxy.NewProxy(srv, name+"-"+strconv.FormatInt(proxySeq.Add(1), 10), "127.0.0.1:0", upstream)
 	require.NoError(t, p.Start())
 	f := &faultProxy{t: t, proxy: p, addr: p.Listen}
-	t.Cleanup(p.Stop)
+	t.Cleanup(func() {
+		// Toxics first: a latency toxic would otherwise hold its goroutines
+		// for the rest of its delay after the connections close.
+		p.Toxics.ResetToxics(context.Background())
+		p.Stop()
+	})
 	return f
 }
 
