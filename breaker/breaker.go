@@ -102,6 +102,11 @@ func New(name string, opts ...Option) *Breaker {
 	if cfg.maxOpen < cfg.openDuration {
 		cfg.maxOpen = cfg.openDuration
 	}
+	if cfg.windowDuration == 0 && cfg.minCalls > cfg.windowSize {
+		// A count window never holds more than its size: a full window is
+		// enough to decide, or the failure rate could never open the breaker.
+		cfg.minCalls = cfg.windowSize
+	}
 	b := &Breaker{name: name, cfg: cfg, clk: clock.OrReal(cfg.clock)}
 	b.timed = cfg.slowThreshold > 0 || cfg.windowDuration > 0
 	b.epoch = b.clk.Now()

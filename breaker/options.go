@@ -50,7 +50,8 @@ func defaults() config {
 
 // WithCountWindow makes the window the last n calls. This is the default,
 // with n = 100, and the fastest window: recording an outcome takes two atomic
-// operations and no lock.
+// operations and no lock. When n is smaller than the minimum number of calls
+// ([WithFailureRate]), the minimum is n: a full window is enough to decide.
 func WithCountWindow(n int) Option {
 	return func(c *config) {
 		if n < 1 {
@@ -74,7 +75,8 @@ func WithTimeWindow(d time.Duration, buckets int) Option {
 }
 
 // WithFailureRate sets the failure rate, in (0, 1], at which the breaker
-// opens once at least minCalls calls are in the window. Defaults: 0.5 and 20.
+// opens once at least minCalls calls are in the window (or the count window
+// is full, if it holds fewer). Defaults: 0.5 and 20.
 func WithFailureRate(rate float64, minCalls int) Option {
 	return func(c *config) {
 		if rate <= 0 || rate > 1 || minCalls < 1 {
