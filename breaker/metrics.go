@@ -68,12 +68,15 @@ func (m *instruments) transition(from, to State) {
 // stateCollector reports, for every breaker registered with it, its calls,
 // slow calls, state and window failure ratio, read at scrape time so that no
 // call pays for keeping a metric up to date. It holds breakers weakly: a
-// breaker that is no longer used disappears from the metrics.
+// breaker that is no longer used disappears from the metrics. Breakers that
+// share a name are reported together: their counters are summed, the state
+// gauge counts how many are in each state, and the failure ratio is that of
+// their closed windows taken together.
 type stateCollector struct {
 	calls, slow, state, ratio *prometheus.Desc
 
 	mu       sync.Mutex
-	breakers map[string]weak.Pointer[Breaker]
+	breakers []weak.Pointer[Breaker]
 }
 
 func newStateCollector() *stateCollector {
@@ -90,15 +93,27 @@ func newStateCollector() *stateCollector {
 		ratio: prometheus.NewDesc("bulwark_breaker_failure_ratio",
 			"Failed calls over all calls in the closed breaker's current window (0 when not closed).",
 			[]string{"name"}, nil),
-		breakers: map[string]weak.Pointer[Breaker]{},
 	}
 }
 
-// add registers b; a later breaker with the same name replaces an earlier one.
+// add registers b beside the breakers already there, whatever their names.
 func (c *stateCollector) add(b *Breaker) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.breakers[b.name] = weak.Make(b)
+	c.prune()
+	c.breakers = append(c.breakers, weak.Make(b))
+}
+
+// prune drops collected breakers; c.mu is held.
+func (c *stateCollector) prune() {
+	live := c.breakers[:0]
+	for _, wp := range c.breakers {
+		if wp.Value() != nil {
+			live = append(live, wp)
+		}
+	}
+	clear(c.breakers[len(live):])
+	c.breakers = live
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -108,36 +123,59 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.ratio
 }
 
+// family is what the breakers of one name add up to in one scrape.
+type family struct {
+	success, failure, ignored, rejected, slow uint64
+	states                                    [Disabled + 1]float64
+	windowCalls, windowFailures               int64
+}
+
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
+	c.prune()
 	live := make([]*Breaker, 0, len(c.breakers))
-	for name, wp := range c.breakers {
+	for _, wp := range c.breakers {
 		if b := wp.Value(); b != nil {
 			live = append(live, b)
-		} else {
-			delete(c.breakers, name)
 		}
 	}
 	c.mu.Unlock()
 	// Reading a breaker may run its state-change hook; no lock is held here.
+	var names []string
+	families := map[string]*family{}
 	for _, b := range live {
-		counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), append([]string{b.name}, labels...)...)
+		f := families[b.name]
+		if f == nil {
+			f = &family{}
+			families[b.name] = f
+			names = append(names, b.name)
 		}
-		counter(c.calls, b.successes(), "success")
-		counter(c.calls, b.st.closedFailures.Load()+b.st.otherFailures.Load(), "failure")
-		counter(c.calls, b.st.ignored.Load(), "ignored")
-		counter(c.calls, b.st.rejected.Load(), "rejected")
-		counter(c.slow, b.st.slow.Load())
-
+		f.success += b.successes()
+		f.failure += b.st.closedFailures.Load() + b.st.otherFailures.Load()
+		f.ignored += b.st.ignored.Load()
+		f.rejected += b.st.rejected.Load()
+		f.slow += b.st.slow.Load()
 		counts := b.Counts()
-		for s := Closed; s <= Disabled; s++ {
-			v := 0.0
-			if s == counts.State {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, b.name, s.String())
+		if counts.State >= Closed && counts.State <= Disabled {
+			f.states[counts.State]++
 		}
-		ch <- prometheus.MustNewConstMetric(c.ratio, prometheus.GaugeValue, counts.FailureRate(), b.name)
+		f.windowCalls += counts.Calls
+		f.windowFailures += counts.Failures
+	}
+	for _, name := range names {
+		f := families[name]
+		counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), append([]string{name}, labels...)...)
+		}
+		counter(c.calls, f.success, "success")
+		counter(c.calls, f.failure, "failure")
+		counter(c.calls, f.ignored, "ignored")
+		counter(c.calls, f.rejected, "rejected")
+		counter(c.slow, f.slow)
+		for s := Closed; s <= Disabled; s++ {
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, f.states[s], name, s.String())
+		}
+		ratio := Counts{Calls: f.windowCalls, Failures: f.windowFailures}.FailureRate()
+		ch <- prometheus.MustNewConstMetric(c.ratio, prometheus.GaugeValue, ratio, name)
 	}
 }

@@ -172,7 +172,10 @@ func OnStateChange(f func(name string, from, to State)) Option {
 }
 
 // WithRegisterer registers the breaker's metrics on reg. Without it the
-// breaker registers nothing.
+// breaker registers nothing. Breakers sharing a registry share one set of
+// collectors; breakers with the same name are reported together (counters
+// summed, bulwark_breaker_state counting the breakers in each state), and a
+// breaker that is garbage collected drops out of the output.
 func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(c *config) { c.reg = reg }
 }
