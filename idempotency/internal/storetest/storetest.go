@@ -54,6 +54,7 @@ func Run(t *testing.T, b Backend) {
 		{"Mismatch", testMismatch},
 		{"Keys", testKeys},
 		{"LeaseExpiryFencing", testLeaseExpiry},
+		{"ConcurrentTakeover", testConcurrentTakeover},
 		{"Extend", testExtend},
 		{"RenewalKeepsLongRequestSingle", testRenewal},
 		{"ReleaseAndRemember", testRelease},
@@ -361,6 +362,54 @@ func testLeaseExpiry(t *testing.T, b Backend) {
 	require.NoError(t, err)
 	require.Equal(t, idempotency.ResultReplayed, out3.Result)
 	require.Equal(t, "fresh", string(out3.Response.Body))
+}
+
+// testConcurrentTakeover: many replicas race to take over a lapsed lease and
+// a record whose retention ended; exactly one of them gets each key, and the
+// stale owner is fenced out whatever the interleaving.
+func testConcurrentTakeover(t *testing.T, b Backend) {
+	e := newEnv(t, b)
+	stores := []idempotency.Store{e.open(), e.open(), e.open(), e.open()}
+	lapsed, expired, f := key(t), key(t), fp("x")
+	stale := claim(t, stores[0], lapsed, f)
+	require.Equal(t, idempotency.Claimed, stale.Status)
+	r := claim(t, stores[0], expired, f)
+	require.NoError(t, stores[0].Complete(bg, expired, r.Owner, response(200, "old"), lease))
+	e.clk.Advance(lease)
+
+	const n = 64
+	for _, k := range []idempotency.Key{lapsed, expired} {
+		var (
+			wg      sync.WaitGroup
+			results [n]idempotency.ClaimResult
+			errs    [n]error
+			start   = make(chan struct{})
+		)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				results[i], errs[i] = stores[i%len(stores)].Claim(bg, k, f, lease)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		claimed := 0
+		for i := range n {
+			require.NoError(t, errs[i])
+			switch results[i].Status {
+			case idempotency.Claimed:
+				claimed++
+			case idempotency.InFlight:
+			default:
+				t.Fatalf("claim %d: %v", i, results[i].Status)
+			}
+		}
+		require.Equal(t, 1, claimed, "exactly one replica takes the key over")
+	}
+	require.ErrorIs(t, stores[1].Complete(bg, lapsed, stale.Owner, response(200, "stale"), retention), idempotency.ErrLeaseLost)
+	require.ErrorIs(t, stores[2].Release(bg, lapsed, stale.Owner), idempotency.ErrLeaseLost)
 }
 
 func testExtend(t *testing.T, b Backend) {
