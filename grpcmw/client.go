@@ -89,7 +89,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		b = c.breakers(target(cc), method)
 	}
 	if c.retry == nil || co.maxAttempts == 1 {
-		err, _ := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, false)
+		_, err := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, false)
 		if co.attempts != nil {
 			*co.attempts = 1
 		}
@@ -106,7 +106,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		if n := l.Attempt(); n > 1 {
 			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 		}
-		err, hint := c.attempt(actx, method, req, reply, cc, invoker, opts, b, true)
+		hint, err := c.attempt(actx, method, req, reply, cc, invoker, opts, b, true)
 		if err == nil {
 			cancel()
 			l.Decide(nil)
@@ -165,16 +165,16 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 // When capture is set it also reads the server's retry hint from the trailer
 // and the status details of a failed attempt.
 func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture bool) (err error, hint *bulwark.Hint) {
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture bool) (hint *bulwark.Hint, err error) {
 	if c.limiter != nil {
 		if err := c.throttle(ctx, method); err != nil {
-			return err, nil
+			return nil, err
 		}
 	}
 	if c.bulkhead != nil {
 		p, err := c.bulkhead.Acquire(ctx)
 		if err != nil {
-			return local(codes.ResourceExhausted, err), nil
+			return nil, local(codes.ResourceExhausted, err)
 		}
 		defer p.Release()
 	}
@@ -183,7 +183,7 @@ func (c *client) attempt(ctx context.Context, method string, req, reply any, cc 
 	}
 	bp, aerr := b.Allow()
 	if aerr != nil {
-		return local(codes.Unavailable, aerr), nil
+		return nil, local(codes.Unavailable, aerr)
 	}
 	done := false
 	defer func() {
@@ -191,17 +191,17 @@ func (c *client) attempt(ctx context.Context, method string, req, reply any, cc 
 			bp.Report(breaker.Failure)
 		}
 	}()
-	err, hint = c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
+	hint, err = c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
 	done = true
 	bp.Report(c.outcome(ctx, err))
-	return err, hint
+	return hint, err
 }
 
 // invoke calls the invoker, capturing the trailer when asked to.
 func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, capture bool) (err error, hint *bulwark.Hint) {
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, capture bool) (hint *bulwark.Hint, err error) {
 	if !capture {
-		return invoker(ctx, method, req, reply, cc, opts...), nil
+		return nil, invoker(ctx, method, req, reply, cc, opts...)
 	}
 	st := c.states.Get().(*callState)
 	st.opts = append(append(st.opts[:0], opts...), grpc.TrailerCallOption{TrailerAddr: &st.trailer})
@@ -215,7 +215,7 @@ func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *
 	clear(st.opts)
 	st.opts, st.trailer = st.opts[:0], nil
 	c.states.Put(st)
-	return err, hint
+	return hint, err
 }
 
 // throttle waits for, or asks, the limiter.
@@ -302,11 +302,21 @@ func NewIdempotencyKey() string {
 }
 
 // callOption is the grpc.CallOption of this package: grpc-go ignores it and
-// the interceptors read it.
+// the interceptors read it. It is a plain value, not a closure, so that
+// reading the options of a call allocates nothing.
 type callOption struct {
 	grpc.EmptyCallOption
-	apply func(*callOptions)
+	kind        uint8
+	maxAttempts int
+	key         string
+	attempts    *int
 }
+
+const (
+	optMaxAttempts uint8 = iota + 1
+	optKey
+	optAttempts
+)
 
 type callOptions struct {
 	maxAttempts int
@@ -317,8 +327,17 @@ type callOptions struct {
 func scanCallOptions(opts []grpc.CallOption) callOptions {
 	var co callOptions
 	for _, o := range opts {
-		if o, ok := o.(callOption); ok {
-			o.apply(&co)
+		o, ok := o.(callOption)
+		if !ok {
+			continue
+		}
+		switch o.kind {
+		case optMaxAttempts:
+			co.maxAttempts = o.maxAttempts
+		case optKey:
+			co.key = o.key
+		case optAttempts:
+			co.attempts = o.attempts
 		}
 	}
 	return co
@@ -331,7 +350,7 @@ func WithMaxAttempts(n int) grpc.CallOption {
 	if n < 1 {
 		panic("grpcmw: WithMaxAttempts needs at least 1 attempt, got " + strconv.Itoa(n))
 	}
-	return callOption{apply: func(co *callOptions) { co.maxAttempts = n }}
+	return callOption{kind: optMaxAttempts, maxAttempts: n}
 }
 
 // DisableRetry makes one call a single attempt. The limiter, the bulkhead and
@@ -341,12 +360,12 @@ func DisableRetry() grpc.CallOption { return WithMaxAttempts(1) }
 // WithIdempotencyKey sends key as the call's idempotency-key on every attempt,
 // whether or not the interceptor generates keys ([WithIdempotencyKeys]).
 func WithIdempotencyKey(key string) grpc.CallOption {
-	return callOption{apply: func(co *callOptions) { co.key = key }}
+	return callOption{kind: optKey, key: key}
 }
 
 // ReportAttempts stores in *n the number of attempts the call made, the first
 // included, once the call returns (for a stream: once it is committed or has
 // failed; see [StreamClientInterceptor]).
 func ReportAttempts(n *int) grpc.CallOption {
-	return callOption{apply: func(co *callOptions) { co.attempts = n }}
+	return callOption{kind: optAttempts, attempts: n}
 }

@@ -565,4 +565,3 @@ func TestStreamBulkheadSlotHeldUntilEnd(t *testing.T) {
 	cancel()
 	require.Eventually(t, func() bool { return bh.InFlight() == 0 }, 5*time.Second, time.Millisecond)
 }
-

@@ -63,12 +63,12 @@ const (
 	DefaultStreamBufferBytes = 256 << 10
 )
 
-// DefaultFailureCodes are the codes a breaker counts as failures unless
+// defaultFailureCodes are the codes a breaker counts as failures unless
 // [WithFailureCodes] says otherwise: the codes that say the server, not the
 // request, is in trouble.
 var defaultFailureCodes = setOf(codes.Unavailable, codes.DeadlineExceeded, codes.Internal, codes.Unknown)
 
-// DefaultRetryableCodes are the codes a client retries unless
+// defaultRetryableCodes are the codes a client retries unless
 // [WithRetryableCodes] says otherwise.
 var defaultRetryableCodes = setOf(codes.Unavailable, codes.ResourceExhausted)
 
