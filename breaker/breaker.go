@@ -394,7 +394,10 @@ func (b *Breaker) openDuration() time.Duration {
 	if j := b.cfg.jitter; j > 0 {
 		d *= 1 + j*(2*rand.Float64()-1)
 	}
-	return max(min(time.Duration(d), b.cfg.maxOpen), time.Millisecond)
+	// Cap in float64: after enough reopenings d exceeds the range of a
+	// Duration (or is +Inf), and converting it would wrap around.
+	d = min(d, float64(b.cfg.maxOpen))
+	return max(time.Duration(d), time.Millisecond)
 }
 
 func (b *Breaker) changedLocked(from, to State) {

@@ -1,6 +1,9 @@
 package breaker
 
 import (
+	"fmt"
+	"time"
+
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -26,6 +29,28 @@ func TestCountWindowSmallerThanMinCalls(t *testing.T) {
 			b, clk := newTest(tt.opts...)
 			feed(t, b, clk, tt.script)
 			require.Equal(t, tt.want, b.State())
+		})
+	}
+}
+
+// A long outage keeps reopening the breaker from half-open. Once the grown
+// duration no longer fits in a time.Duration (after 34 reopenings of 1s with
+// factor 2) it must stay at the cap, not wrap around to the 1ms floor.
+func TestGrowingOpenDurationStaysCappedInLongOutage(t *testing.T) {
+	for _, jitter := range []float64{0, 0.1} {
+		t.Run(fmt.Sprint("jitter ", jitter), func(t *testing.T) {
+			b, clk := newTest(WithFailureRate(0.5, 1), WithOpenDuration(time.Second),
+				WithGrowingOpenDuration(2, time.Minute), WithHalfOpen(1, 1), WithJitter(jitter))
+			feed(t, b, clk, "f")
+			for i := range 2000 {
+				d := b.Counts().RetryAfter
+				if i >= 10 {
+					require.GreaterOrEqual(t, d, time.Duration(float64(time.Minute)*(1-jitter)), "reopening %d", i)
+				}
+				require.LessOrEqual(t, d, time.Minute, "reopening %d", i)
+				clk.Advance(d)
+				feed(t, b, clk, "f") // the probe fails: reopen
+			}
 		})
 	}
 }
