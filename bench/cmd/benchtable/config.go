@@ -55,6 +55,18 @@ var groups = []group{
 		},
 	},
 	{
+		name: "HTTPLoopback",
+		title: "HTTP over loopback TCP at saturation: GET answered 200 by a server process per variant " +
+			"(cmd/loopback), 50 keep-alive connections; ns/op is wall time per request, " +
+			"allocs/op and B/op count client and server processes, srv-allocs/op the server alone",
+		ref:        "bare",
+		metric:     "req/s",
+		ratioUnits: []string{"p50-µs", "p99-µs"},
+		targets: []target{
+			{variant: "bulwark-stack", ratio: atLeast(0.97), addedAllocs: atMost(1)},
+		},
+	},
+	{
 		name:  "GRPCServer",
 		title: "gRPC unary server interceptor in process: rate limit + bulkhead + breaker, metrics on",
 		ref:   "go-grpc-middleware-ratelimit",
@@ -72,6 +84,22 @@ var groups = []group{
 		targets: []target{
 			{variant: "bulwark-retry+breaker", allocs: atMost(0),
 				perOp: map[string]bound{"ns/op": atMost(60)}},
+		},
+	},
+	{
+		name: "GRPCLoopback",
+		title: "gRPC unary over loopback TCP at saturation: TestService.UnaryCall to a server process per " +
+			"variant (cmd/loopback), 50 callers on one connection; bulwark: client retry + breaker, " +
+			"server rate limit + bulkhead + breaker, metrics on; go-grpc-middleware: client retry, " +
+			"server rate limit; allocs/op count both processes",
+		ref:        "bare",
+		metric:     "calls/s",
+		ratioUnits: []string{"p50-µs", "p99-µs"},
+		targets: []target{
+			// Added time: at saturation ns/op is the machine's time per
+			// call, so what a variant adds to bare is its cost per call.
+			{variant: "bulwark-chains", addedAllocs: atMost(2),
+				than: "go-grpc-middleware-retry+ratelimit", thanRatio: atMost(1)},
 		},
 	},
 	{

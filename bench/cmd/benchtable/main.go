@@ -41,8 +41,11 @@ type group struct {
 	// floor, when set, names the variant whose value is subtracted from both
 	// sides of each ratio, which then compares the cost each variant adds
 	// to the floor (a bare handler, say).
-	floor   string
-	targets []target
+	floor string
+	// ratioUnits are other units shown with their own ratio to the
+	// reference, such as latency quantiles beside a rate.
+	ratioUnits []string
+	targets    []target
 }
 
 func (g *group) unit() string {
@@ -58,7 +61,14 @@ type target struct {
 	mode    string // "serial" or "parallel"; empty: every mode
 	ratio   bound  // on the group's metric, against its reference
 	allocs  bound  // allocs/op
-	perOp   map[string]bound
+	// addedAllocs bounds the allocs/op added to the group's floor (its
+	// reference when it has no floor).
+	addedAllocs bound
+	// than names a variant doing comparable work: thanRatio bounds the ns/op
+	// this variant adds to the floor (or reference) over the ns/op than adds.
+	than      string
+	thanRatio bound
+	perOp     map[string]bound
 }
 
 // bound is an upper or lower limit on a value; the zero bound is no limit.
@@ -265,16 +275,21 @@ func (t *table) rows(g *group, mode string) []id {
 
 // ratio of k's metric to the reference's in the same mode.
 func (t *table) ratio(g *group, k id) (float64, bool) {
+	return t.unitRatio(g, k, g.unit())
+}
+
+// unitRatio is the ratio of k's unit to the reference's in the same mode.
+func (t *table) unitRatio(g *group, k id, unit string) (float64, bool) {
 	if g.ref == "" {
 		return 0, false
 	}
-	rv, ok1 := t.value(id{g.name, g.ref, k.mode}, g.unit())
-	v, ok2 := t.value(k, g.unit())
+	rv, ok1 := t.value(id{g.name, g.ref, k.mode}, unit)
+	v, ok2 := t.value(k, unit)
 	if !ok1 || !ok2 {
 		return 0, false
 	}
 	if g.floor != "" {
-		f, ok := t.value(id{g.name, g.floor, k.mode}, g.unit())
+		f, ok := t.value(id{g.name, g.floor, k.mode}, unit)
 		if !ok {
 			return 0, false
 		}
@@ -284,6 +299,22 @@ func (t *table) ratio(g *group, k id) (float64, bool) {
 		return 0, false
 	}
 	return v / rv, true
+}
+
+// base is the variant that added costs are measured from: the floor, else
+// the reference.
+func (g *group) base() string {
+	if g.floor != "" {
+		return g.floor
+	}
+	return g.ref
+}
+
+// added is how much k's unit exceeds the base variant's in the same mode.
+func (t *table) added(g *group, k id, unit string) (float64, bool) {
+	b, ok1 := t.value(id{g.name, g.base(), k.mode}, unit)
+	v, ok2 := t.value(k, unit)
+	return v - b, ok1 && ok2 && g.base() != ""
 }
 
 // value is the median of k's unit.
@@ -342,6 +373,9 @@ func (t *table) write(w io.Writer, cmd string, now time.Time) {
 		case g.ref != "":
 			fmt.Fprintf(w, "; ratios of %s to %s", g.unit(), g.ref)
 		}
+		if len(g.ratioUnits) > 0 && g.ref != "" {
+			fmt.Fprintf(w, " (%s too, in the last column)", strings.Join(g.ratioUnits, " and "))
+		}
 		fmt.Fprintln(w, ".")
 	}
 	t.writeTargets(w)
@@ -386,18 +420,29 @@ func (t *table) writeRow(w io.Writer, g *group, k id) {
 		}
 	}
 	var other []string
-	for _, unit := range slices.Sorted(func(yield func(string) bool) {
+	units := slices.Sorted(func(yield func(string) bool) {
 		for u := range s {
 			if !yield(u) {
 				return
 			}
 		}
-	}) {
+	})
+	// The group's own metric first, the others in alphabetical order.
+	if i := slices.Index(units, g.unit()); i > 0 {
+		units = slices.Insert(slices.Delete(units, i, i+1), 0, g.unit())
+	}
+	for _, unit := range units {
 		switch unit {
 		case "ns/op", "allocs/op", "B/op":
 			continue
 		}
-		other = append(other, cell(unit)+" "+unit)
+		c := cell(unit) + " " + unit
+		if slices.Contains(g.ratioUnits, unit) && k.variant != g.ref {
+			if r, ok := t.unitRatio(g, k, unit); ok {
+				c += " (" + ratioText(r) + "×)"
+			}
+		}
+		other = append(other, c)
 	}
 	fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n",
 		name, k.variant, ns, cell("allocs/op"), cell("B/op"), ratio, strings.Join(other, ", "))
@@ -456,6 +501,17 @@ func (t *table) check(g *group, tg target, k id) string {
 	if tg.allocs.set {
 		v, ok := s.value("allocs/op")
 		add("allocs/op", v, ok, tg.allocs)
+	}
+	if tg.addedAllocs.set {
+		v, ok := t.added(g, k, "allocs/op")
+		add("allocs/op added to "+g.base(), v, ok, tg.addedAllocs)
+	}
+	if tg.thanRatio.set {
+		v, ok1 := t.added(g, k, "ns/op")
+		w, ok2 := t.added(g, id{g.name, tg.than, k.mode}, "ns/op")
+		// A peer that adds nothing measurable leaves no ratio to take.
+		add(fmt.Sprintf("ns/op added to %s, ratio to what %s adds", g.base(), tg.than),
+			v/w, ok1 && ok2 && w > 0, tg.thanRatio)
 	}
 	for _, unit := range slices.Sorted(func(yield func(string) bool) {
 		for u := range tg.perOp {
