@@ -273,8 +273,9 @@ func (g *Guard) Begin(ctx context.Context, req Request) (Outcome, error) {
 // rejects the request, fn does not run and Do returns Begin's error. When fn
 // returns an error or panics, the key is released (nothing is remembered)
 // and the error or panic is passed on. Otherwise the response is finished
-// with Lease.Finish; a failure to store it is returned as the error next to
-// the valid response, since fn's effect has happened.
+// with Lease.Finish, under a context that ignores ctx's cancellation (the
+// store timeout still bounds it); a failure to store it is returned as the
+// error next to the valid response, since fn's effect has happened.
 //
 // Do does not make a Guard a bulwark.Policy: the protocol needs the request
 // and the response, which Policy.Do does not carry.
@@ -294,7 +295,9 @@ func (g *Guard) Do(ctx context.Context, req Request, fn func(context.Context) (R
 	if err != nil {
 		return resp, out, err
 	}
-	return resp, out, out.Lease.Finish(ctx, resp)
+	// fn's effect has happened: store its response even if ctx ended while
+	// it ran, or the retry would find the key locked, then run fn again.
+	return resp, out, out.Lease.Finish(context.WithoutCancel(ctx), resp)
 }
 
 func runReleasing(ctx context.Context, l *Lease, fn func(context.Context) (Response, error)) (resp Response, err error) {

@@ -211,3 +211,29 @@ func TestResultAndStatusNames(t *testing.T) {
 	require.Equal(t, "in_flight", idempotency.InFlight.String())
 	require.Equal(t, "invalid", idempotency.ClaimStatus(0).String())
 }
+
+// TestDoStoresResponseWhenCallerContextEnds: fn's effect has happened when it
+// returns, so its response is stored even if the caller's context ended
+// meanwhile (a deadline that hit at the end, a consumer shutting down);
+// otherwise the key would stay locked until the lease lapsed and the retry
+// would run fn a second time.
+func TestDoStoresResponseWhenCallerContextEnds(t *testing.T) {
+	g := idempotency.New("ctx", nil)
+	ctx, cancel := context.WithCancel(bg)
+	runs := 0
+	fn := func(context.Context) (idempotency.Response, error) {
+		runs++
+		cancel()
+		return idempotency.Response{Status: 201, Body: []byte("created")}, nil
+	}
+	resp, out, err := g.Do(ctx, req("k", "a"), fn)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.ResultNew, out.Result)
+	require.Equal(t, "created", string(resp.Body))
+
+	resp, out, err = g.Do(bg, req("k", "a"), fn)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.ResultReplayed, out.Result)
+	require.Equal(t, "created", string(resp.Body))
+	require.Equal(t, 1, runs)
+}
