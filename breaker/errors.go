@@ -31,6 +31,8 @@ type OpenError struct {
 	RetryAfter time.Duration
 }
 
+// Error says which breaker rejected the call, in which state, and, when
+// open, how long until it admits a probe.
 func (e *OpenError) Error() string {
 	switch e.State {
 	case HalfOpen:

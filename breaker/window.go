@@ -110,18 +110,13 @@ type timeWindow struct {
 	seq     *atomic.Uint64 // the breaker's closed-call counter
 	mu      sync.Mutex
 	width   int64 // nanoseconds per bucket
-	buckets []bucket
-	head    int64 // index of the newest bucket seen
+	buckets []tally // bucket i%len holds the calls of time index i
+	head    int64   // index of the newest bucket seen
 	sum     tally
 }
 
-type bucket struct {
-	idx int64
-	tally
-}
-
 func newTimeWindow(d time.Duration, n int, seq *atomic.Uint64) *timeWindow {
-	return &timeWindow{seq: seq, width: int64(d) / int64(n), buckets: make([]bucket, n), head: -1 << 62}
+	return &timeWindow{seq: seq, width: int64(d) / int64(n), buckets: make([]tally, n), head: -1 << 62}
 }
 
 func (w *timeWindow) timed() bool { return true }
@@ -142,7 +137,7 @@ func (w *timeWindow) advance(now time.Time) int64 {
 		w.sum.calls -= b.calls
 		w.sum.failures -= b.failures
 		w.sum.slow -= b.slow
-		*b = bucket{idx: i}
+		*b = tally{}
 	}
 	w.head = idx
 	return idx
