@@ -109,7 +109,7 @@ func (w *countWindow) tally(time.Time) tally {
 type timeWindow struct {
 	seq     *atomic.Uint64 // the breaker's closed-call counter
 	mu      sync.Mutex
-	width   int64 // nanoseconds per bucket
+	width   int64   // nanoseconds per bucket
 	buckets []tally // bucket i%len holds the calls of time index i
 	head    int64   // index of the newest bucket seen
 	sum     tally
