@@ -33,4 +33,28 @@
 // caller's deadline untouched), gives up after about 3×80ms instead of
 // waiting for the response, and the three timeouts open a breaker set to
 // trip on three consecutive failures.
+//
+// TestRedisFaultRateLimiter: four clients send a request every 2ms each
+// through httpmw.RateLimit over a redisrate limiter (50ms timeout) whose Redis
+// connection is blackholed (a timeout toxic swallows every command) or down
+// (the proxy refuses connections) for half a second, then restored, for each
+// failure mode. While Redis is away every request is answered exactly as
+// configured — FailOpen: 200 with RateLimit r=0;t=0; FailClosed: 503 with the
+// rate-limit-unavailable problem, never 429; FallbackLocal: 200 or 429 from
+// the local limiter, within its burst plus refill per key — and none takes
+// more than the timeout plus scheduling slack. A direct Allow during the fault
+// returns the mode's exact decision (ErrUnavailable for FailClosed). After
+// the fault Redis decides again (measured: within milliseconds).
+//
+// TestRedisFaultIdempotency: the same load of fresh Idempotency-Keys through
+// httpmw.Idempotency on a redisstore (store timeout 100ms), blackholed or
+// down mid-run. Only 201 (ran) and 503 (idempotency-unavailable, did not run)
+// are answered; every request made entirely during the fault is refused;
+// every handler run has its record in Redis (checked directly, bypassing the
+// proxy), so none ran unprotected; no request takes more than claim plus
+// complete timeouts; new keys run again right after the fault. Every key is
+// then sent again: completed keys replay, keys whose complete was lost in
+// the fault are in flight (409) until their lease, keys whose claim reached
+// Redis but whose answer did not are in flight too, refused keys run now —
+// and no key ever runs twice.
 package reliability
