@@ -53,4 +53,10 @@
 // rather than answering in flight; keep such transactions short, and give
 // the waiting side a context deadline. Any statement error aborts tx, as
 // always in PostgreSQL.
+//
+// Call such a Store's methods yourself, from the goroutine that owns tx; do
+// not give it to an idempotency.Guard. A Guard renews leases from a goroutine
+// of its own, and a statement it ran on tx while the handler used tx would
+// fail one of the two with "conn busy" (a pgx.Tx is not safe for concurrent
+// use). Renewal is pointless there anyway: other transactions wait for tx.
 package pgstore
