@@ -62,6 +62,7 @@ var groups = []group{
 		ref:        "bare",
 		metric:     "req/s",
 		ratioUnits: []string{"p50-µs", "p99-µs"},
+		paired:     true,
 		targets: []target{
 			{variant: "bulwark-stack", ratio: atLeast(0.97), addedAllocs: atMost(1)},
 		},
@@ -95,6 +96,7 @@ var groups = []group{
 		ref:        "bare",
 		metric:     "calls/s",
 		ratioUnits: []string{"p50-µs", "p99-µs"},
+		paired:     true,
 		targets: []target{
 			// Added time: at saturation ns/op is the machine's time per
 			// call, so what a variant adds to bare is its cost per call.

@@ -45,7 +45,12 @@ type group struct {
 	// ratioUnits are other units shown with their own ratio to the
 	// reference, such as latency quantiles beside a rate.
 	ratioUnits []string
-	targets    []target
+	// paired groups take each ratio as the median of the ratios within each
+	// run, where run i of every variant ran close together in time (one
+	// after the other, as cmd/loopback does), rather than as the ratio of
+	// the medians: a slow spell of a shared machine then cancels out.
+	paired  bool
+	targets []target
 }
 
 func (g *group) unit() string {
@@ -283,6 +288,9 @@ func (t *table) unitRatio(g *group, k id, unit string) (float64, bool) {
 	if g.ref == "" {
 		return 0, false
 	}
+	if g.paired {
+		return t.pairedRatio(g, k, unit)
+	}
 	rv, ok1 := t.value(id{g.name, g.ref, k.mode}, unit)
 	v, ok2 := t.value(k, unit)
 	if !ok1 || !ok2 {
@@ -301,6 +309,35 @@ func (t *table) unitRatio(g *group, k id, unit string) (float64, bool) {
 	return v / rv, true
 }
 
+// pairedRatio is the median over the runs of the ratio of k's unit to the
+// reference's in the same run, less the floor's in that run if g has one.
+// Runs are matched by their order; variants with different numbers of runs
+// have no paired ratio.
+func (t *table) pairedRatio(g *group, k id, unit string) (float64, bool) {
+	series := func(variant string) []float64 {
+		s := t.res.series[id{g.name, variant, k.mode}]
+		return s[unit]
+	}
+	vs, rs := series(k.variant), series(g.ref)
+	fs := make([]float64, len(vs))
+	if g.floor != "" {
+		fs = series(g.floor)
+	}
+	if len(vs) == 0 || len(vs) != len(rs) || len(vs) != len(fs) {
+		return 0, false
+	}
+	ratios := make([]float64, 0, len(vs))
+	for i := range vs {
+		if d := rs[i] - fs[i]; d != 0 {
+			ratios = append(ratios, (vs[i]-fs[i])/d)
+		}
+	}
+	if len(ratios) == 0 {
+		return 0, false
+	}
+	return median(ratios), true
+}
+
 // base is the variant that added costs are measured from: the floor, else
 // the reference.
 func (g *group) base() string {
@@ -310,11 +347,28 @@ func (g *group) base() string {
 	return g.ref
 }
 
-// added is how much k's unit exceeds the base variant's in the same mode.
+// added is how much k's unit exceeds the base variant's in the same mode:
+// the difference of the medians, or in a paired group the median of the
+// differences within each run.
 func (t *table) added(g *group, k id, unit string) (float64, bool) {
+	if g.base() == "" {
+		return 0, false
+	}
+	if g.paired {
+		vs := t.res.series[k][unit]
+		bs := t.res.series[id{g.name, g.base(), k.mode}][unit]
+		if len(vs) == 0 || len(vs) != len(bs) {
+			return 0, false
+		}
+		d := make([]float64, len(vs))
+		for i := range vs {
+			d[i] = vs[i] - bs[i]
+		}
+		return median(d), true
+	}
 	b, ok1 := t.value(id{g.name, g.base(), k.mode}, unit)
 	v, ok2 := t.value(k, unit)
-	return v - b, ok1 && ok2 && g.base() != ""
+	return v - b, ok1 && ok2
 }
 
 // value is the median of k's unit.
@@ -375,6 +429,9 @@ func (t *table) write(w io.Writer, cmd string, now time.Time) {
 		}
 		if len(g.ratioUnits) > 0 && g.ref != "" {
 			fmt.Fprintf(w, " (%s too, in the last column)", strings.Join(g.ratioUnits, " and "))
+		}
+		if g.paired && g.ref != "" {
+			fmt.Fprint(w, ", each the median of the ratios within each round")
 		}
 		fmt.Fprintln(w, ".")
 	}
