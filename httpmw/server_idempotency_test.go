@@ -479,3 +479,49 @@ func TestIdempotencyStoresWhatTheHandlerWrote(t *testing.T) {
 	require.Equal(t, http.StatusCreated, rec.Code)
 	require.Equal(t, `{"order":1}`, rec.Body.String())
 }
+
+// srvFailingBody yields some bytes and then fails, like a client that hung
+// up while it sent its body.
+type srvFailingBody struct{ sent bool }
+
+func (b *srvFailingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "partial"), nil
+	}
+	return 0, errors.New("read tcp 10.1.2.3:443: connection reset by peer")
+}
+func (*srvFailingBody) Close() error { return nil }
+
+// TestIdempotencyBodyErrorsClaimNothing: a body that fails mid-read answers
+// 400, one over an outer http.MaxBytesReader answers 413; neither runs the
+// handler, leaks the error text or claims the key, so the client's retry
+// with the whole body runs.
+func TestIdempotencyBodyErrorsClaimNothing(t *testing.T) {
+	ledger := &srvLedger{}
+	mw := Idempotency(srvTestGuard(t), WithoutScope())(ledger)
+	for _, tc := range []struct {
+		body   func(w http.ResponseWriter) io.ReadCloser
+		status int
+		typ    string
+	}{
+		{func(http.ResponseWriter) io.ReadCloser { return &srvFailingBody{} }, http.StatusBadRequest, TypeBadRequest},
+		{func(w http.ResponseWriter) io.ReadCloser {
+			return http.MaxBytesReader(w, io.NopCloser(strings.NewReader("0123456789")), 4)
+		}, http.StatusRequestEntityTooLarge, TypeBodyTooLarge},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/orders", nil)
+		req.Body = tc.body(rec)
+		req.Header.Set("Idempotency-Key", "k")
+		mw.ServeHTTP(rec, req)
+		srvRequireProblem(t, rec.Result(), rec.Body.String(), tc.status, tc.typ, "10.1.2.3", "reset", "idempotency:")
+	}
+	require.Zero(t, ledger.count())
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader("whole"))
+	req.Header.Set("Idempotency-Key", "k")
+	mw.ServeHTTP(rec, req)
+	require.Equal(t, http.StatusCreated, rec.Code, "the key was never claimed")
+	require.Equal(t, []string{"whole"}, ledger.runs)
+}
