@@ -57,4 +57,23 @@
 // the fault are in flight (409) until their lease, keys whose claim reached
 // Redis but whose answer did not are in flight too, refused keys run now —
 // and no key ever runs twice.
+//
+// TestPostgresResetMidClaimAndComplete: a pgstore whose single connection
+// goes through the proxy, with a fake clock (pgstore.WithClock) so leases run
+// out without sleeping; a reset_peer toxic cuts the connection while a claim
+// or a complete is on the wire, either before the statement reaches
+// PostgreSQL (upstream) or after it ran (downstream). Claim lost: 503, no
+// run, no row; the retry runs once. Claim answer lost: 503, no run, the row
+// is in flight with an owner nobody holds; retries get 409 until the lease
+// ends (checked one second before it) and the first retry after it runs,
+// once, then replays. Complete answer lost: the client still gets its 201,
+// the row is completed, retries replay even past the lease. Complete lost on
+// the way: the response was never stored, so the key stays in flight (409,
+// no second run) for the rest of its lease and is free after it — the
+// handler then runs a second time, the documented limit of an effect kept
+// outside the store. The last subtest closes that gap the pgstore way: claim,
+// business write and complete in one transaction (Store.WithTx), with the
+// reset before complete or before commit, in both directions; whatever the
+// first attempt left, the retry either runs (rolled back) or replays
+// (committed) and the ledger table holds the effect exactly once.
 package reliability

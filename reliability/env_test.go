@@ -58,6 +58,10 @@ func pgPool(t testing.TB, dsn string, maxConns int32) *pgxpool.Pool {
 	require.NoError(t, err)
 	cfg.MaxConns = maxConns
 	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	// No liveness ping on acquire: a fault must hit the statement under
+	// test, not a ping before it. A broken connection is dropped on its
+	// first error anyway.
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	pool, err := pgxpool.NewWithConfig(bg, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
