@@ -76,4 +76,12 @@
 // reset before complete or before commit, in both directions; whatever the
 // first attempt left, the retry either runs (rolled back) or replays
 // (committed) and the ledger table holds the effect exactly once.
+//
+// TestServerKilledBeforeStoring, on Redis and on PostgreSQL (fake store
+// clock): replica A runs the handler and freezes before storing the
+// response, its store connection cut and its client gone. Replica B answers
+// 409 while A's lease lasts; once the clock passes the lease, the retry runs
+// on B and B's response is stored. When A comes back and writes its
+// response, the store rejects it with ErrLeaseLost (fencing by owner token),
+// and both replicas replay B's response.
 package reliability
