@@ -84,4 +84,16 @@
 // on B and B's response is stored. When A comes back and writes its
 // response, the store rejects it with ErrLeaseLost (fencing by owner token),
 // and both replicas replay B's response.
+//
+// TestExactlyOnceLedger, with Redis and again with PostgreSQL as the shared
+// store: eight clients make 25 logical requests each through one
+// httpmw.Transport (retries with an Idempotency-Key per logical request, 409
+// and 5xx retryable, no budget) whose base sends each attempt to the next of
+// two replicas — httptest servers with their own Guard and
+// httpmw.Idempotency, keys scoped per client — over a fresh connection
+// through a toxiproxy that resets 10% of connections before the request
+// arrives, 10% after the handler ran, and cuts 5% after 64 bytes of the
+// response. The server-side ledger holds every logical request exactly once,
+// every client received the response of its own request, and each answer,
+// first-hand or replayed, is the response of the run the ledger recorded.
 package reliability
