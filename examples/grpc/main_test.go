@@ -18,7 +18,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestInProcess runs server and client as `go run ./examples/grpc` does,
 // with a shorter outage, and checks each step's claim.
 func TestInProcess(t *testing.T) {
-	cfg, err := parseFlags([]string{"-outage=300ms", "-open=100ms"}, io.Discard)
+	cfg, err := parseFlags([]string{"-outage=700ms", "-open=500ms"}, io.Discard)
 	require.NoError(t, err)
 	var out bytes.Buffer
 	s, err := run(context.Background(), cfg, &out)

@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // retried and replayed, the breaker opens during the outage, and no charge
 // is ever made twice.
 func TestBuiltInUpstream(t *testing.T) {
-	cfg, err := parseFlags([]string{"-interval=10ms", "-open=60ms"}, io.Discard)
+	cfg, err := parseFlags([]string{"-interval=10ms", "-open=150ms"}, io.Discard)
 	require.NoError(t, err)
 	var out bytes.Buffer
 	s, err := run(context.Background(), cfg, &out)
