@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ func TestMetrics(t *testing.T) {
 	p.Done(nil)
 	require.Zero(t, gathered(t, reg, "bulwark_breaker_failure_ratio", "payments"), "a new closed window is empty")
 
+	runtime.GC() // collectors hold breakers weakly: only live ones are reported
 	expected := `
 # HELP bulwark_breaker_calls_total Calls seen by the circuit breaker, by outcome: success, failure, ignored (not counted toward the breaker's decisions), rejected (not admitted).
 # TYPE bulwark_breaker_calls_total counter
@@ -68,6 +70,8 @@ bulwark_breaker_transitions_total{from="open",name="payments",to="half_open"} 1
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
+	runtime.KeepAlive(b)
+	runtime.KeepAlive(other)
 }
 
 // gathered returns the value of the gauge metric for the breaker name on reg.
