@@ -67,8 +67,9 @@ func WithFailOpen(open bool) Option { return func(c *config) { c.failOpen = open
 
 // WithRemember sets which outcomes Lease.Finish stores for replay; for the
 // others it releases the key, so that a retry runs again. The default,
-// RememberHTTP, remembers HTTP 2xx to 4xx and releases 5xx (and anything
-// else). The gRPC adapter passes its own function over gRPC codes.
+// RememberHTTP, remembers HTTP 2xx to 4xx but for the "try again later"
+// statuses, and releases 5xx (and anything else). The gRPC adapter passes
+// its own function over gRPC codes.
 func WithRemember(f func(status int) bool) Option {
 	return func(c *config) {
 		if f != nil {
@@ -78,8 +79,17 @@ func WithRemember(f func(status int) bool) Option {
 }
 
 // RememberHTTP reports whether status is an HTTP status worth replaying:
-// 200 to 499. It is the default of WithRemember.
-func RememberHTTP(status int) bool { return status >= 200 && status < 500 }
+// 200 to 499, except 408 Request Timeout, 425 Too Early and 429 Too Many
+// Requests, which ask the client to try again later and so must not be
+// replayed to that retry for the whole retention. It is the default of
+// WithRemember.
+func RememberHTTP(status int) bool {
+	switch status {
+	case 408, 425, 429:
+		return false
+	}
+	return status >= 200 && status < 500
+}
 
 // WithRegisterer registers the Guard's metrics on reg. Nil (the default)
 // registers nothing; the global registry is never used implicitly.
@@ -238,10 +248,11 @@ func (g *Guard) Begin(ctx context.Context, req Request) (Outcome, error) {
 	sctx, cancel := context.WithTimeout(ctx, g.cfg.storeTimeout)
 	start := g.cfg.clock.Now()
 	res, err := g.store.Claim(sctx, key, req.Fingerprint, g.cfg.lease)
-	g.m.claim.Observe(g.cfg.clock.Now().Sub(start).Seconds())
+	g.m.claim.latency.Observe(g.cfg.clock.Now().Sub(start).Seconds())
 	cancel()
 	if err != nil {
 		g.m.storeError.Inc()
+		g.m.claim.errors.Inc()
 		serr := &StoreError{Op: "claim", Err: err}
 		if g.cfg.failOpen && ctx.Err() == nil {
 			return Outcome{Result: ResultStoreError, Err: serr, run: true}, nil
@@ -412,14 +423,19 @@ func (l *Lease) Release(ctx context.Context) error {
 
 // op runs one store call under the store timeout and records its latency.
 // Errors other than ErrLeaseLost become a *StoreError for opName.
-func (g *Guard) op(ctx context.Context, obs prometheus.Observer, opName string, call func(context.Context) error) error {
+func (g *Guard) op(ctx context.Context, m opMetrics, opName string, call func(context.Context) error) error {
 	sctx, cancel := context.WithTimeout(ctx, g.cfg.storeTimeout)
 	start := g.cfg.clock.Now()
 	err := call(sctx)
-	obs.Observe(g.cfg.clock.Now().Sub(start).Seconds())
+	m.latency.Observe(g.cfg.clock.Now().Sub(start).Seconds())
 	cancel()
-	if err == nil || errors.Is(err, ErrLeaseLost) {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrLeaseLost):
+		g.m.leaseLost.Inc()
 		return err
 	}
+	m.errors.Inc()
 	return &StoreError{Op: opName, Err: err}
 }

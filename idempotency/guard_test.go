@@ -156,6 +156,10 @@ func TestGuardRemember(t *testing.T) {
 	require.True(t, idempotency.RememberHTTP(422))
 	require.False(t, idempotency.RememberHTTP(500))
 	require.False(t, idempotency.RememberHTTP(101))
+	for _, later := range []int{408, 425, 429} {
+		require.False(t, idempotency.RememberHTTP(later), "%d asks the client to retry; replaying it would refuse the retry", later)
+	}
+	require.True(t, idempotency.RememberHTTP(409))
 }
 
 // TestLeaseRenewalStops: the renewal goroutine ends with the lease, however
@@ -236,4 +240,55 @@ func TestDoStoresResponseWhenCallerContextEnds(t *testing.T) {
 	require.Equal(t, idempotency.ResultReplayed, out.Result)
 	require.Equal(t, "created", string(resp.Body))
 	require.Equal(t, 1, runs)
+}
+
+// scriptedStore claims every key, then answers Complete and Release with
+// the errors it is given.
+type scriptedStore struct {
+	failingStore
+	complete, release error
+}
+
+func (s scriptedStore) Claim(context.Context, idempotency.Key, idempotency.Fingerprint, time.Duration) (idempotency.ClaimResult, error) {
+	return idempotency.ClaimResult{Status: idempotency.Claimed, Owner: idempotency.NewToken()}, nil
+}
+func (s scriptedStore) Complete(context.Context, idempotency.Key, idempotency.Token, idempotency.Response, time.Duration) error {
+	return s.complete
+}
+func (s scriptedStore) Release(context.Context, idempotency.Key, idempotency.Token) error {
+	return s.release
+}
+
+// Failures after the handler ran leave a key locked until its lease ends (a
+// store error) or drop the handler's result (a lost lease): both must show
+// on a dashboard.
+func TestGuardStoreErrorAndLeaseLostMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	clk := clock.NewFake(time.Time{})
+	store := scriptedStore{complete: idempotency.ErrLeaseLost, release: errors.New("connection reset")}
+	g := idempotency.New("orders", store, idempotency.WithRegisterer(reg), idempotency.WithClock(clk))
+
+	out, err := g.Begin(bg, req("k1", "a"))
+	require.NoError(t, err)
+	require.ErrorIs(t, out.Lease.Finish(bg, idempotency.Response{Status: 200}), idempotency.ErrLeaseLost)
+	out, err = g.Begin(bg, req("k2", "a"))
+	require.NoError(t, err)
+	require.ErrorIs(t, out.Lease.Release(bg), idempotency.ErrStoreUnavailable)
+
+	want := `
+# HELP bulwark_idempotency_leases_lost_total Completions, releases and renewals refused because the lease had expired or passed to another request (fencing).
+# TYPE bulwark_idempotency_leases_lost_total counter
+bulwark_idempotency_leases_lost_total{name="orders"} 1
+# HELP bulwark_idempotency_store_errors_total Idempotency store operations that failed or timed out, by operation. A failed complete or release after the handler ran leaves the key locked until its lease ends.
+# TYPE bulwark_idempotency_store_errors_total counter
+bulwark_idempotency_store_errors_total{name="orders",op="claim"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="complete"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="extend"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="release"} 1
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"bulwark_idempotency_leases_lost_total", "bulwark_idempotency_store_errors_total"))
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
 }

@@ -10,9 +10,15 @@ import (
 type guardMetrics struct {
 	new, replayed, inFlight, mismatch, missingKey, invalidKey, storeError prometheus.Counter
 
-	renewals prometheus.Counter
+	renewals, leaseLost prometheus.Counter
 
-	claim, complete, release, extend prometheus.Observer
+	claim, complete, release, extend opMetrics
+}
+
+// opMetrics are one store operation's latency and failures.
+type opMetrics struct {
+	latency prometheus.Observer
+	errors  prometheus.Counter
 }
 
 func newGuardMetrics(reg prometheus.Registerer, name string) guardMetrics {
@@ -29,6 +35,17 @@ func newGuardMetrics(reg prometheus.Registerer, name string) guardMetrics {
 		Help:    "Latency of idempotency store operations, successful or not, by operation.",
 		Buckets: metrics.DurationBuckets,
 	}, []string{"name", "op"}))
+	storeErrors := metrics.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bulwark_idempotency_store_errors_total",
+		Help: "Idempotency store operations that failed or timed out, by operation. A failed complete or release after the handler ran leaves the key locked until its lease ends.",
+	}, []string{"name", "op"}))
+	leaseLost := metrics.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bulwark_idempotency_leases_lost_total",
+		Help: "Completions, releases and renewals refused because the lease had expired or passed to another request (fencing).",
+	}, []string{"name"}))
+	op := func(name, op string) opMetrics {
+		return opMetrics{latency: store.WithLabelValues(name, op), errors: storeErrors.WithLabelValues(name, op)}
+	}
 	return guardMetrics{
 		new:        requests.WithLabelValues(name, ResultNew.String()),
 		replayed:   requests.WithLabelValues(name, ResultReplayed.String()),
@@ -38,9 +55,10 @@ func newGuardMetrics(reg prometheus.Registerer, name string) guardMetrics {
 		invalidKey: requests.WithLabelValues(name, ResultInvalidKey.String()),
 		storeError: requests.WithLabelValues(name, ResultStoreError.String()),
 		renewals:   renewals.WithLabelValues(name),
-		claim:      store.WithLabelValues(name, "claim"),
-		complete:   store.WithLabelValues(name, "complete"),
-		release:    store.WithLabelValues(name, "release"),
-		extend:     store.WithLabelValues(name, "extend"),
+		leaseLost:  leaseLost.WithLabelValues(name),
+		claim:      op(name, "claim"),
+		complete:   op(name, "complete"),
+		release:    op(name, "release"),
+		extend:     op(name, "extend"),
 	}
 }
