@@ -96,4 +96,17 @@
 // response. The server-side ledger holds every logical request exactly once,
 // every client received the response of its own request, and each answer,
 // first-hand or replayed, is the response of the run the ledger recorded.
+//
+// TestLoadEveryMiddleware (skipped by go test -short; CI runs it): an
+// open-loop generator offers 600 requests a second for five seconds, from
+// eight clients, to a server with every middleware on — RateLimit (40/s,
+// burst 20 per client), Bulkhead (8, queue 8, 20ms wait), Breaker (slow
+// calls at 60ms, rate 0.5) and Idempotency on a MemoryStore, with POSTs that
+// reuse recent keys and a one-second slow spell in the handler. Every
+// answer is 2xx or a documented rejection (429 rate-limited, 503
+// concurrency-limit or circuit-open, 409 idempotency-in-flight when a repeat
+// overlaps its first), and the 429 and both kinds of 503 each occur; goroutines return to the baseline once the server is closed
+// (goleak.VerifyNone against goleak.IgnoreCurrent); the live heap after a GC
+// grows by less than 16 MiB and the heap in use stays under 64 MiB at every
+// sample.
 package reliability
