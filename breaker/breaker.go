@@ -149,7 +149,7 @@ func (b *Breaker) Allow() (Permit, error) {
 		case Closed, Disabled:
 			p := Permit{g: g}
 			if b.timed && g.state == Closed {
-				p.start = b.clk.Now().Sub(b.epoch)
+				p.start = b.clk.Since(b.epoch)
 			}
 			return p, nil
 		case HalfOpen:
@@ -160,7 +160,7 @@ func (b *Breaker) Allow() (Permit, error) {
 			}
 			p := Permit{g: g}
 			if b.timed {
-				p.start = b.clk.Now().Sub(b.epoch)
+				p.start = b.clk.Since(b.epoch)
 			}
 			return p, nil
 		case Open:

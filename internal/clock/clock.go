@@ -12,6 +12,10 @@ import (
 // Clock tells the time and makes timers.
 type Clock interface {
 	Now() time.Time
+	// Since returns the time elapsed since t. On the real clock, for a t
+	// read from it, this reads only the monotonic clock: about half the
+	// cost of Now on a hot path.
+	Since(t time.Time) time.Duration
 	// NewTimer returns a timer that fires once, d from now.
 	NewTimer(d time.Duration) Timer
 }
@@ -30,6 +34,8 @@ var Real Clock = realClock{}
 type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) Since(t time.Time) time.Duration { return time.Since(t) }
 
 func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
 
@@ -74,6 +80,9 @@ func (f *Fake) Now() time.Time {
 	defer f.mu.Unlock()
 	return f.now
 }
+
+// Since returns the fake time elapsed since t.
+func (f *Fake) Since(t time.Time) time.Duration { return f.Now().Sub(t) }
 
 // NewTimer returns a timer that fires when the fake time reaches Now()+d.
 // A timer with d <= 0 fires at once.

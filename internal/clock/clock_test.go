@@ -59,3 +59,12 @@ func TestRealClock(t *testing.T) {
 	require.True(t, tm.Stop())
 	require.WithinDuration(t, time.Now(), c.Now(), time.Second)
 }
+
+func TestSince(t *testing.T) {
+	f := NewFake(time.Time{})
+	t0 := f.Now()
+	f.Advance(3 * time.Second)
+	require.Equal(t, 3*time.Second, f.Since(t0))
+	start := Real.Now()
+	require.GreaterOrEqual(t, Real.Since(start), time.Duration(0))
+}
