@@ -109,4 +109,31 @@
 // (goleak.VerifyNone against goleak.IgnoreCurrent); the live heap after a GC
 // grows by less than 16 MiB and the heap in use stays under 64 MiB at every
 // sample.
+//
+// TestSecurity: an Idempotency-Key sent by two principals (scope from the
+// bearer token; memory and Redis stores) runs once for each, never replays
+// the other's response, and a request without a principal gets 403;
+// X-Forwarded-For changes nothing for the default KeyByIP, for a peer outside
+// WithTrustedProxies and when Forwarded is the header read — only a trusted
+// peer's header names the client; a key over 255 bytes (and one of 8 KiB)
+// gets 400, a body over WithMaxRequestBody 413, a header block over the
+// server's MaxHeaderBytes 431 from net/http, and none of them runs the handler
+// or stores anything; store, limiter, key-function, scope, bulkhead and
+// breaker failures — real dial errors to a closed port and injected errors
+// carrying a secret, in instance names too — answer with a problem document
+// whose body and headers contain neither the secret, the address nor the
+// driver's words; a stored response keeps Content-Type and Location but no
+// Set-Cookie, Authorization, WWW-Authenticate or token, session or API-key
+// field, and naming one in WithReplayHeaders panics.
+//
+// # Fuzz targets
+//
+// FuzzLocalKeyBound (here): ratelimit.Local never remembers more than
+// max(WithMaxKeys, 64) keys and every decision is well formed. With seed
+// corpora in their own packages: breaker.FuzzStateMachine (the breaker
+// against a reference state machine), redisrate.FuzzGCRAModel (the Lua
+// script against an independent token-bucket model, needs Redis),
+// idempotency.FuzzMemoryStoreBounds (MemoryStore bounds and the Store
+// contract), httpmw.FuzzIdempotencyKeyHeader and httpmw.FuzzRateLimitFields.
+// A plain go test runs only their seeds.
 package reliability
