@@ -1,9 +1,7 @@
 package breaker
 
 import (
-	"sync"
 	"sync/atomic"
-	"weak"
 
 	"github.com/bulwark-go/bulwark/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,9 +72,7 @@ func (m *instruments) transition(from, to State) {
 // their closed windows taken together.
 type stateCollector struct {
 	calls, slow, state, ratio *prometheus.Desc
-
-	mu       sync.Mutex
-	breakers []weak.Pointer[Breaker]
+	breakers                  metrics.WeakSet[Breaker]
 }
 
 func newStateCollector() *stateCollector {
@@ -97,24 +93,7 @@ func newStateCollector() *stateCollector {
 }
 
 // add registers b beside the breakers already there, whatever their names.
-func (c *stateCollector) add(b *Breaker) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.prune()
-	c.breakers = append(c.breakers, weak.Make(b))
-}
-
-// prune drops collected breakers; c.mu is held.
-func (c *stateCollector) prune() {
-	live := c.breakers[:0]
-	for _, wp := range c.breakers {
-		if wp.Value() != nil {
-			live = append(live, wp)
-		}
-	}
-	clear(c.breakers[len(live):])
-	c.breakers = live
-}
+func (c *stateCollector) add(b *Breaker) { c.breakers.Add(b) }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.calls
@@ -131,15 +110,7 @@ type family struct {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	c.prune()
-	live := make([]*Breaker, 0, len(c.breakers))
-	for _, wp := range c.breakers {
-		if b := wp.Value(); b != nil {
-			live = append(live, b)
-		}
-	}
-	c.mu.Unlock()
+	live := c.breakers.Live()
 	// Reading a breaker may run its state-change hook; no lock is held here.
 	var names []string
 	families := map[string]*family{}

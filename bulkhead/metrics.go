@@ -1,9 +1,6 @@
 package bulkhead
 
 import (
-	"sync"
-	"weak"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bulwark-go/bulwark/internal/metrics"
@@ -51,11 +48,9 @@ func (m bulkheadMetrics) track(b *Bulkhead) {
 // more is garbage collected and drops out of the output. Bulkheads with the
 // same name are summed into one series.
 type gaugeFamily struct {
-	desc  *prometheus.Desc
-	value func(*Bulkhead) float64
-
-	mu      sync.Mutex
-	members []weak.Pointer[Bulkhead]
+	desc    *prometheus.Desc
+	value   func(*Bulkhead) float64
+	members metrics.WeakSet[Bulkhead]
 }
 
 func newGaugeFamily(name, help string, value func(*Bulkhead) float64) *gaugeFamily {
@@ -65,24 +60,7 @@ func newGaugeFamily(name, help string, value func(*Bulkhead) float64) *gaugeFami
 	}
 }
 
-func (g *gaugeFamily) add(b *Bulkhead) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.prune()
-	g.members = append(g.members, weak.Make(b))
-}
-
-// prune drops collected bulkheads; mu is held.
-func (g *gaugeFamily) prune() {
-	live := g.members[:0]
-	for _, p := range g.members {
-		if p.Value() != nil {
-			live = append(live, p)
-		}
-	}
-	clear(g.members[len(live):])
-	g.members = live
-}
+func (g *gaugeFamily) add(b *Bulkhead) { g.members.Add(b) }
 
 // Describe implements prometheus.Collector.
 func (g *gaugeFamily) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
@@ -91,17 +69,12 @@ func (g *gaugeFamily) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
 func (g *gaugeFamily) Collect(ch chan<- prometheus.Metric) {
 	var names []string
 	sums := make(map[string]float64)
-	g.mu.Lock()
-	g.prune()
-	for _, p := range g.members {
-		if b := p.Value(); b != nil {
-			if _, ok := sums[b.name]; !ok {
-				names = append(names, b.name)
-			}
-			sums[b.name] += g.value(b)
+	for _, b := range g.members.Live() {
+		if _, ok := sums[b.name]; !ok {
+			names = append(names, b.name)
 		}
+		sums[b.name] += g.value(b)
 	}
-	g.mu.Unlock()
 	for _, n := range names {
 		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, sums[n], n)
 	}

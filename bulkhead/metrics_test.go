@@ -159,9 +159,7 @@ func TestMetricsForgetCollectedBulkheads(t *testing.T) {
 	m := registerMetrics(reg)
 	require.Equal(t, 1, testutil.CollectAndCount(m.limit))
 	require.Equal(t, float64(DefaultLimit), testutil.ToFloat64(m.limit))
-	m.limit.mu.Lock()
-	require.Len(t, m.limit.members, 1)
-	m.limit.mu.Unlock()
+	require.Len(t, m.limit.members.Live(), 1)
 	runtime.KeepAlive(keep)
 }
 

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"runtime"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,4 +33,17 @@ func TestRegisterConflictPanics(t *testing.T) {
 	Register(reg, counter())
 	other := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bulwark_test_things_total", Help: "Things."}, []string{"name", "other"})
 	require.Panics(t, func() { Register(reg, other) })
+}
+
+func TestWeakSetDropsCollected(t *testing.T) {
+	type instance struct{ name string } // big enough to stay out of the tiny allocator
+	var s WeakSet[instance]
+	kept := &instance{name: "kept"}
+	s.Add(kept)
+	s.Add(&instance{name: "dropped"}) // unreachable from here on
+	runtime.GC()
+	live := s.Live()
+	require.Len(t, live, 1)
+	require.Same(t, kept, live[0])
+	runtime.KeepAlive(kept)
 }
