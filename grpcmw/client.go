@@ -95,7 +95,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		}
 		return err
 	}
-	l := c.retry.Begin(ctx)
+	l := c.retry.BeginN(ctx, co.maxAttempts)
 	defer func() {
 		if co.attempts != nil {
 			*co.attempts = l.Attempt()
@@ -114,9 +114,6 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		}
 		verdict := c.classify(ctx, actx, err, hint)
 		cancel()
-		if co.maxAttempts > 0 && l.Attempt() >= co.maxAttempts {
-			verdict = bulwark.Permanent(err)
-		}
 		if !l.Decide(verdict) {
 			return err
 		}

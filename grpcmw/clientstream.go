@@ -62,7 +62,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 	co := scanCallOptions(opts)
 	rs := &retryStream{
 		c: c, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts,
-		attempts: co.attempts, maxAttempts: co.maxAttempts,
+		attempts: co.attempts,
 	}
 	if c.breakers != nil {
 		rs.breaker = c.breakers(target(cc), method)
@@ -75,7 +75,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		rs.slot = p
 	}
 	if c.retry != nil && co.maxAttempts != 1 {
-		rs.loop = c.retry.Begin(ctx)
+		rs.loop = c.retry.BeginN(ctx, co.maxAttempts)
 		rs.retrying = true
 	}
 	if err := rs.openLoop(nil); err != nil {
@@ -88,19 +88,18 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 // retryStream is the stream handed to the caller: the current attempt's
 // stream plus what is needed to replace it while uncommitted.
 type retryStream struct {
-	c           *client
-	ctx         context.Context
-	desc        *grpc.StreamDesc
-	cc          *grpc.ClientConn
-	method      string
-	streamer    grpc.Streamer
-	opts        []grpc.CallOption
-	breaker     *breaker.Breaker
-	attempts    *int
-	maxAttempts int
-	retrying    bool
-	loop        retry.Loop // used only by the goroutine that opens or reads
-	stopWatch   func() bool
+	c         *client
+	ctx       context.Context
+	desc      *grpc.StreamDesc
+	cc        *grpc.ClientConn
+	method    string
+	streamer  grpc.Streamer
+	opts      []grpc.CallOption
+	breaker   *breaker.Breaker
+	attempts  *int
+	retrying  bool
+	loop      retry.Loop // used only by the goroutine that opens or reads
+	stopWatch func() bool
 
 	committed atomic.Bool
 	finished  atomic.Bool
@@ -147,9 +146,6 @@ func (rs *retryStream) again(err error, trailer metadata.MD) error {
 		hint = &h
 	}
 	verdict := rs.c.classify(rs.ctx, rs.ctx, err, hint)
-	if rs.maxAttempts > 0 && rs.loop.Attempt() >= rs.maxAttempts {
-		verdict = bulwark.Permanent(err)
-	}
 	if !rs.loop.Decide(verdict) {
 		rs.fail(err)
 		return err

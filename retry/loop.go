@@ -51,6 +51,7 @@ type Loop struct {
 	start   time.Time
 	delay   time.Duration
 	attempt int
+	max     int // attempts allowed to this call
 	state   uint8
 }
 
@@ -64,7 +65,20 @@ const (
 // may run at once. The returned Loop belongs to this call only.
 func (p *Policy) Begin(ctx context.Context) Loop {
 	p.attempts.Inc()
-	return Loop{p: p, ctx: ctx, attempt: 1}
+	return Loop{p: p, ctx: ctx, attempt: 1, max: p.maxAttempts}
+}
+
+// BeginN is Begin for a call allowed at most maxAttempts attempts in total,
+// the first included — fewer than the policy's own limit, which it cannot
+// raise: adapters use it for per-call overrides. A call that uses them up
+// ends as Exhausted, like one that uses up the policy's. maxAttempts < 1
+// means the policy's limit.
+func (p *Policy) BeginN(ctx context.Context, maxAttempts int) Loop {
+	l := p.Begin(ctx)
+	if maxAttempts >= 1 && maxAttempts < l.max {
+		l.max = maxAttempts
+	}
+	return l
 }
 
 func noCancel() {}
@@ -131,7 +145,7 @@ func (l *Loop) Decide(err error) bool {
 		return l.stop(NotRetryable)
 	}
 	allowed := p.budget.failure()
-	if l.attempt >= p.maxAttempts {
+	if l.attempt >= l.max {
 		return l.stop(Exhausted)
 	}
 	if !allowed {

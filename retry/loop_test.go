@@ -107,3 +107,25 @@ func TestLoopAttemptContextWithTimeout(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, actx.Err(), context.Canceled)
 }
+
+// A per-call cap lowers the policy's attempts, never raises them, and ends
+// the call as exhausted (not as a non-retryable error).
+func TestBeginN(t *testing.T) {
+	boom := errors.New("boom")
+	for _, tt := range []struct{ n, want int }{{1, 1}, {2, 2}, {5, 3}, {0, 3}, {-1, 3}} {
+		p := New("t", WithMaxAttempts(3), WithBackOff(constBackOff(0)), WithBudget(nil))
+		l := p.BeginN(context.Background(), tt.n)
+		calls := 0
+		for {
+			calls++
+			if !l.Next(boom) {
+				break
+			}
+		}
+		require.Equal(t, tt.want, calls, "BeginN(%d)", tt.n)
+		var re *Error
+		require.ErrorAs(t, l.Err(), &re)
+		require.Equal(t, Exhausted, re.Reason, "BeginN(%d)", tt.n)
+		require.Equal(t, tt.want, re.Attempts)
+	}
+}
