@@ -213,11 +213,16 @@ func (p Permit) Report(o Outcome) {
 	failed := o == Failure
 	switch g.state {
 	case Closed:
-		b.recordClosed(g, now, failed, slow)
-		if failed {
-			b.st.closedFailures.Add(1) // after seq moved: see stats.successes
+		if b.gen.Load() == g {
+			b.recordClosed(g, now, failed, slow)
+			if failed {
+				b.st.closedFailures.Add(1) // after seq moved: see stats.successes
+			}
+			return
 		}
-		return
+		// A late outcome of a closed period that has ended: nobody reads its
+		// window any more, and recording it there would take a slot number
+		// from the current window's sequence. Count it, nothing else.
 	case HalfOpen:
 		b.recordProbe(g, now, failed || slow)
 	}

@@ -507,3 +507,19 @@ func TestStateString(t *testing.T) {
 	require.Equal(t, "half_open", HalfOpen.String())
 	require.Equal(t, "unknown", State(42).String())
 }
+
+// A late outcome of an ended closed period must not take a place in the
+// current window: the window still holds exactly the last N calls.
+func TestStaleOutcomeKeepsWindowExact(t *testing.T) {
+	b, clk := newTest(WithCountWindow(4), WithFailureRate(1, 4), WithOpenDuration(time.Second), WithHalfOpen(1, 1))
+	late, err := b.Allow()
+	require.NoError(t, err)
+	b.ForceOpen()
+	b.Reset() // a new closed period
+	feed(t, b, clk, "sfff")
+	require.Equal(t, Closed, b.State(), "3 failures of 4 is below the rate of 1")
+	late.Done(errBoom) // belongs to the first closed period
+	feed(t, b, clk, "f")
+	// The last four calls are f f f f: the success has left the window.
+	require.Equal(t, Open, b.State())
+}

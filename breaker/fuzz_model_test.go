@@ -14,12 +14,8 @@ import (
 // for one goroutine and a fake clock, with no atomics, no generations shared
 // by pointer and no ring arithmetic.
 //
-// One detail follows the implementation rather than the words "the last N
-// calls": a count window's slots are numbered by a counter of closed-state
-// outcomes that every closed-admitted call advances, including a call
-// admitted in an earlier closed period that reports late. Such a late call
-// takes a slot number without writing into the current window, so the window
-// is "the latest outcome of this period in each of the N slots", seq mod N.
+// A late outcome of an ended period is counted but recorded nowhere: the
+// count window holds exactly the last N outcomes of the current period.
 type refBreaker struct {
 	cfg   config
 	timed bool
@@ -29,7 +25,7 @@ type refBreaker struct {
 	until time.Time
 	trips int
 
-	seq         uint64          // closed-state outcomes recorded, across periods
+	seq         uint64          // closed-state outcomes recorded in current periods
 	ring        map[uint64]slot // count window: seq mod N -> outcome, this period
 	events      []timedOutcome  // time window: outcomes of this period
 	consecutive int64
@@ -64,8 +60,8 @@ func (r *refBreaker) enter(s State, until time.Time) {
 }
 
 func (r *refBreaker) open(now time.Time) {
-	d := float64(r.cfg.openDuration) * math.Pow(r.cfg.openFactor, float64(r.trips))
-	dur := max(min(time.Duration(d), r.cfg.maxOpen), time.Millisecond)
+	d := min(float64(r.cfg.openDuration)*math.Pow(r.cfg.openFactor, float64(r.trips)), float64(r.cfg.maxOpen))
+	dur := max(time.Duration(d), time.Millisecond)
 	r.trips++
 	r.enter(Open, now.Add(dur))
 }
@@ -140,10 +136,10 @@ func (r *refBreaker) report(p refPermit, o Outcome, now time.Time) {
 	slow := r.cfg.slowThreshold > 0 && p.state != Disabled && now.Sub(p.start) >= r.cfg.slowThreshold
 	switch p.state {
 	case Closed:
-		r.seq++
 		if !current {
 			return
 		}
+		r.seq++
 		if r.cfg.windowDuration > 0 {
 			r.events = append(r.events, timedOutcome{now.UnixNano() / (int64(r.cfg.windowDuration) / int64(r.cfg.windowBuckets)), slot{failed, slow}})
 		} else {
