@@ -65,7 +65,7 @@ func srvAppendSFString(b []byte, s string) []byte {
 func srvAppendPolicy(b []byte, policy string, limit int, window time.Duration) []byte {
 	b = srvAppendSFString(b, policy)
 	b = append(b, ";q="...)
-	b = strconv.AppendInt(b, int64(max(limit, 0)), 10)
+	b = strconv.AppendInt(b, srvSFInt(limit), 10)
 	if window > 0 {
 		b = append(b, ";w="...)
 		b = strconv.AppendInt(b, srvCeilSeconds(window, 1), 10)
@@ -73,12 +73,18 @@ func srvAppendPolicy(b []byte, policy string, limit int, window time.Duration) [
 	return b
 }
 
+// srvSFInt clamps n to what an RFC 8941 integer can hold: 0 to 15 digits.
+func srvSFInt(n int) int64 {
+	const sfMax = 999_999_999_999_999
+	return min(max(int64(n), 0), sfMax)
+}
+
 // srvAppendRateLimit appends a RateLimit item,
 // "<policy>";r=<remaining>;t=<reset seconds>.
 func srvAppendRateLimit(b []byte, policy string, remaining int, reset time.Duration) []byte {
 	b = srvAppendSFString(b, policy)
 	b = append(b, ";r="...)
-	b = strconv.AppendInt(b, int64(max(remaining, 0)), 10)
+	b = strconv.AppendInt(b, srvSFInt(remaining), 10)
 	b = append(b, ";t="...)
 	return strconv.AppendInt(b, srvCeilSeconds(reset, 0), 10)
 }
