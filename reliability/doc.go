@@ -97,6 +97,39 @@
 // every client received the response of its own request, and each answer,
 // first-hand or replayed, is the response of the run the ledger recorded.
 //
+// TestGRPCUpstreamOutageAndRecovery: scenario 1 over gRPC. A client with
+// grpcmw.UnaryClientInterceptor (retry under a budget of 10 tokens, ratio
+// 0.1; the same breaker as above) and grpc.WithDisableRetry calls a
+// grpc.Server (interop TestService) through the proxy, which for a second
+// refuses connections or, in the second subtest, cuts every connection at
+// its first byte. The breaker opens at the 10th failed attempt; every call
+// fails with Unavailable, and those the breaker refuses make one attempt
+// (no retry wait) and return at once (measured: microseconds); no call
+// reaches the server and no attempt leaves the client while the breaker is
+// open; upstream attempts stay within (1+ratio)×calls + maxTokens/2 and retries within maxTokens/2;
+// once the fault clears the breaker probes, closes, and calls succeed. The
+// client reconnects with a 10–50ms backoff instead of grpc-go's default.
+//
+// TestGRPCExactlyOnceLedger, with Redis and again with PostgreSQL: six
+// clients make 20 logical unary calls each through grpcmw's client retry
+// with WithIdempotencyKeys (Unavailable, ResourceExhausted and Aborted
+// retried, no budget, hint waits capped at 50ms). A picker interceptor sends
+// each attempt to the next of two replicas, starting on alternate ones per
+// call; each replica is a grpc.Server with grpcmw's WithIdempotency over a
+// Guard (lease 1s) on the shared store, behind its own proxy whose
+// connections are all cut after 1 KiB of responses. An interceptor outside
+// grpcmw's drops the response of the first attempt of a quarter of the calls
+// after the handler ran and the result was stored. The ledger holds every
+// call exactly once, every client got its own call's response (the payload
+// echoes the request id), and each answer names the replica the ledger
+// recorded; every dropped response was answered by a replay. A cut that
+// cancels a call while its claim is on the wire can leave the key in flight
+// until the lease ends (Aborted to the retries; seen with PostgreSQL), and
+// the retries then take it over. The cut is a toxic of this package
+// (bulwark_cut) that keeps draining after it closes, because toxiproxy's
+// limit_data and reset_peer stop reading and leak a goroutine when a
+// server keeps writing on an HTTP/2 connection.
+//
 // TestLoadEveryMiddleware (skipped by go test -short; CI runs it): an
 // open-loop generator offers 600 requests a second for five seconds, from
 // eight clients, to a server with every middleware on — RateLimit (40/s,
