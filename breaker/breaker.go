@@ -53,9 +53,12 @@ type Breaker struct {
 
 	// seq counts the outcomes recorded while closed; count windows take
 	// their slot from it. Successes while closed are seq minus closed
-	// failures, so the hot path pays for no separate success counter.
+	// failures, so the hot path pays for no separate success counter. It is
+	// written by every call: the padding keeps it off the cache lines of
+	// the fields every call reads (cfg, timed, epoch, gen).
+	_   [64]byte
 	seq atomic.Uint64
-	_   [56]byte // keep the other counters off seq's cache line
+	_   [64]byte
 	st  stats
 
 	// gen is the current generation: a state and the counters that belong

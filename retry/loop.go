@@ -61,10 +61,9 @@ const (
 	stateDone
 )
 
-// Begin starts a call under the policy and counts its first attempt, which
-// may run at once. The returned Loop belongs to this call only.
+// Begin starts a call under the policy; its first attempt may run at once.
+// The returned Loop belongs to this call only.
 func (p *Policy) Begin(ctx context.Context) Loop {
-	p.attempts.Inc()
 	return Loop{p: p, ctx: ctx, attempt: 1, max: p.maxAttempts}
 }
 
@@ -127,9 +126,10 @@ func (l *Loop) Decide(err error) bool {
 	if err == nil {
 		p.budget.success()
 		if l.attempt == 1 {
-			p.results[resFirstTry].Inc()
+			p.results[resFirstTry].Add(1)
 		} else {
-			p.results[resAfterRetry].Inc()
+			p.results[resAfterRetry].Add(1)
+			p.otherAttempts.Add(uint64(l.attempt))
 		}
 		l.state = stateDone
 		return false
@@ -207,7 +207,6 @@ func (l *Loop) Wait() bool {
 		}
 	}
 	l.attempt++
-	p.attempts.Inc()
 	l.state = stateAttempt
 	return true
 }
@@ -229,7 +228,8 @@ func (l *Loop) stop(r Reason) bool {
 		}
 	}
 	l.err = e
-	l.p.results[r.result()].Inc()
+	l.p.results[r.result()].Add(1)
+	l.p.otherAttempts.Add(uint64(l.attempt))
 	l.state = stateDone
 	return false
 }

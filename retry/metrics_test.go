@@ -2,6 +2,7 @@ package retry
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -84,7 +85,7 @@ func TestMetricsAfterScriptedScenario(t *testing.T) {
 	// Budget of "orders": 10, -1 +0.1 (after_retry), -3 (exhausted); the not
 	// retryable and canceled calls leave it alone.
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP bulwark_retry_attempts_total Attempts made by retry policies, first calls included.
+# HELP bulwark_retry_attempts_total Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.
 # TYPE bulwark_retry_attempts_total counter
 bulwark_retry_attempts_total{name="orders"} 8
 bulwark_retry_attempts_total{name="tight"} 1
@@ -112,4 +113,24 @@ bulwark_retry_budget_tokens{name="tight"} 1
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
+}
+
+// Policies that share a name on one registry are reported together, and a
+// policy nobody holds any more leaves the output.
+func TestMetricsPoliciesSharingAName(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	a := New("shared", WithRegisterer(reg))
+	b := New("shared", WithRegisterer(reg))
+	ctx := context.Background()
+	require.NoError(t, a.Do(ctx, func(context.Context) error { return nil }))
+	require.NoError(t, b.Do(ctx, func(context.Context) error { return nil }))
+	require.Equal(t, 1, testutil.CollectAndCount(reg, "bulwark_retry_attempts_total"), "one series for the name")
+	want := `
+# HELP bulwark_retry_attempts_total Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.
+# TYPE bulwark_retry_attempts_total counter
+bulwark_retry_attempts_total{name="shared"} 2
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "bulwark_retry_attempts_total"))
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -53,9 +54,17 @@ type Policy struct {
 	onRetry        func(attempt int, err error, delay time.Duration)
 	clock          clock.Clock
 
-	attempts prometheus.Counter
-	results  [numResults]prometheus.Counter // indexed by result
-	wait     prometheus.Observer
+	wait prometheus.Observer
+
+	// Calls by result, and the attempts of calls that did not succeed at
+	// once, counted as calls end; read by a collector at scrape time, so a
+	// first-try success costs one atomic add and no metric update. The
+	// padding keeps these written words off the cache lines of the fields
+	// every call reads.
+	_             [64]byte
+	results       [numResults]atomic.Uint64
+	otherAttempts atomic.Uint64
+	_             [64]byte
 }
 
 // Option configures a [Policy].
@@ -257,30 +266,78 @@ func Retryable(err error) bool {
 var _ bulwark.Policy = (*Policy)(nil)
 
 func (p *Policy) initMetrics(reg prometheus.Registerer) {
-	attempts := metrics.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bulwark_retry_attempts_total",
-		Help: "Attempts made by retry policies, first calls included.",
-	}, []string{"name"}))
-	calls := metrics.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bulwark_retry_calls_total",
-		Help: "Calls through retry policies by result: first_try, after_retry, exhausted, not_retryable, budget_exhausted or canceled.",
-	}, []string{"name", "result"}))
 	wait := metrics.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "bulwark_retry_wait_seconds",
 		Help:    "Waits before retries, in seconds.",
 		Buckets: metrics.DurationBuckets,
 	}, []string{"name"}))
-	p.attempts = attempts.WithLabelValues(p.name)
 	p.wait = wait.WithLabelValues(p.name)
-	for r := range p.results {
-		p.results[r] = calls.WithLabelValues(p.name, resultLabels[r])
+	if reg == nil {
+		return
 	}
-	if reg != nil && p.budget != nil {
+	metrics.Register(reg, newCollector()).policies.Add(p)
+	if p.budget != nil {
 		b := p.budget
 		metrics.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "bulwark_retry_budget_tokens",
 			Help:        "Tokens left in the retry budget of a retry policy; retries stop at half the capacity.",
 			ConstLabels: prometheus.Labels{"name": p.name},
 		}, b.Tokens))
+	}
+}
+
+// collector reports attempts_total and calls_total for every policy
+// registered with it, read from the policies at scrape time. It holds them
+// weakly; policies that share a name are summed.
+type collector struct {
+	attempts, calls *prometheus.Desc
+	policies        metrics.WeakSet[Policy]
+}
+
+func newCollector() *collector {
+	return &collector{
+		attempts: prometheus.NewDesc("bulwark_retry_attempts_total",
+			"Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.",
+			[]string{"name"}, nil),
+		calls: prometheus.NewDesc("bulwark_retry_calls_total",
+			"Calls through retry policies by result: first_try, after_retry, exhausted, not_retryable, budget_exhausted or canceled.",
+			[]string{"name", "result"}, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.attempts
+	ch <- c.calls
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	type sums struct {
+		attempts uint64
+		results  [numResults]uint64
+	}
+	var names []string
+	byName := map[string]*sums{}
+	for _, p := range c.policies.Live() {
+		s := byName[p.name]
+		if s == nil {
+			s = &sums{}
+			byName[p.name] = s
+			names = append(names, p.name)
+		}
+		// Read first-try successes before the other attempts: both only
+		// grow, so the sum never goes backwards between scrapes.
+		firstTry := p.results[resFirstTry].Load()
+		s.attempts += firstTry + p.otherAttempts.Load()
+		s.results[resFirstTry] += firstTry
+		for r := resFirstTry + 1; r < numResults; r++ {
+			s.results[r] += p.results[r].Load()
+		}
+	}
+	for _, name := range names {
+		s := byName[name]
+		ch <- prometheus.MustNewConstMetric(c.attempts, prometheus.CounterValue, float64(s.attempts), name)
+		for r, v := range s.results {
+			ch <- prometheus.MustNewConstMetric(c.calls, prometheus.CounterValue, float64(v), name, resultLabels[r])
+		}
 	}
 }
