@@ -115,6 +115,10 @@ type shard struct {
 type entry struct {
 	h          uint64
 	prev, next *entry
+	// gen counts the keys this entry has served: evict hands entries on,
+	// so a waiter that reserved from it recognises its own bucket by h and
+	// gen together, even when its key came back to the same entry.
+	gen uint64
 	bucket
 }
 
@@ -248,6 +252,7 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	s, h := l.shard(key)
 	s.mu.Lock()
 	e := s.get(h, now, l)
+	gen := e.gen
 	tokens := l.fill(&e.bucket, now) - float64(n)
 	var delay time.Duration
 	if tokens < 0 {
@@ -276,18 +281,20 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 		return nil
 	case <-ctx.Done():
 		t.Stop()
-		l.giveBack(s, h, e, n)
+		l.giveBack(s, h, e, gen, n)
 		l.m.Denied.Inc()
 		return ctx.Err()
 	}
 }
 
 // giveBack returns n tokens reserved by a wait that was cancelled, unless
-// the key was forgotten meanwhile (its bucket then starts full anyway).
-func (l *Local) giveBack(s *shard, h uint64, e *entry, n int) {
+// the key was forgotten meanwhile (its bucket then starts full anyway). The
+// entry may since serve another key, or this key again with a new bucket:
+// gen tells the bucket the tokens were reserved from.
+func (l *Local) giveBack(s *shard, h uint64, e *entry, gen uint64, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.keys[h] == e {
+	if s.keys[h] == e && e.gen == gen {
 		now := l.now()
 		e.tokens = min(l.fill(&e.bucket, now)+float64(n), float64(l.burst))
 	}
@@ -382,6 +389,7 @@ func (s *shard) get(h uint64, now int64, l *Local) *entry {
 	}
 	e.bucket = bucket{tokens: float64(l.burst), last: now}
 	e.h = h
+	e.gen++
 	s.keys[h] = e
 	s.pushFront(e)
 	return e

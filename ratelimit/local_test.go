@@ -425,3 +425,31 @@ func TestLocalMetrics(t *testing.T) {
 	require.Empty(t, problems)
 	require.Equal(t, 6, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
 }
+
+// A cancelled WaitN gives its tokens back only to the bucket it reserved
+// from. When its key was forgotten and the entry was reused, by another key
+// and then by the same key again, the bucket is a new one: giving the tokens
+// back there would invent them.
+func TestLocalWaitCanceledAfterEntryReuseInventsNothing(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("reuse", 1, 2, WithClock(clk), WithMaxKeys(numShards))
+	require.Equal(t, 1, l.shards[0].max)
+	k := keysInShard(l, 2)
+	allow := func(key string, cost int) Decision {
+		d, err := l.Allow(bg, key, cost)
+		require.NoError(t, err)
+		return d
+	}
+	require.True(t, allow(k[0], 2).Allowed)
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan error, 1)
+	go func() { done <- l.WaitN(ctx, k[0], 1) }()
+	clk.WaitForTimers(1) // k[0] holds -1 token: a reservation
+	allow(k[1], 0)       // k[0] is forgotten, its entry now serves k[1]
+	allow(k[0], 0)       // and k[0] again, with a new full bucket
+	require.True(t, allow(k[0], 2).Allowed)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.False(t, allow(k[0], 1).Allowed, "no time passed: the new bucket is empty")
+}
