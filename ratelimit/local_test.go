@@ -453,3 +453,29 @@ func TestLocalWaitCanceledAfterEntryReuseInventsNothing(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	require.False(t, allow(k[0], 1).Allowed, "no time passed: the new bucket is empty")
 }
+
+// WaitN with n of 0 returns at once, as documented, even while earlier
+// waiters hold reservations that leave the bucket below zero.
+func TestLocalWaitZeroReturnsAtOnce(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("zero", 1, 1, WithClock(clk))
+	require.NoError(t, l.Wait(bg, "k"))
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- l.Wait(ctx, "k") }()
+	clk.WaitForTimers(1) // the bucket holds -1 token
+	zero := make(chan error, 1)
+	go func() { zero <- l.WaitN(bg, "k", 0) }()
+	select {
+	case err := <-zero:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		clk.Advance(time.Hour) // release both waiters before failing
+		<-zero
+		t.Fatal("WaitN(0) waited for the reservations ahead of it")
+	}
+	clk.Advance(time.Second)
+	require.NoError(t, <-done)
+}
