@@ -134,3 +134,33 @@ bulwark_retry_attempts_total{name="shared"} 2
 	runtime.KeepAlive(a)
 	runtime.KeepAlive(b)
 }
+
+// When one of two policies sharing a name is garbage collected, the name's
+// counters must not go down: Prometheus reads a decrease as a reset and
+// rate() would count the whole total again.
+func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	a := New("gc", WithRegisterer(reg))
+	ctx := context.Background()
+	ok := func(context.Context) error { return nil }
+	func() {
+		b := New("gc", WithRegisterer(reg))
+		require.NoError(t, b.Do(ctx, ok))
+	}()
+	require.NoError(t, a.Do(ctx, ok))
+	calls := func() float64 {
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		for _, mf := range mfs {
+			if mf.GetName() == "bulwark_retry_attempts_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+	require.Equal(t, 2.0, calls())
+	runtime.GC()
+	runtime.GC()
+	require.Equal(t, 2.0, calls(), "the collected policy's attempts stay counted")
+	runtime.KeepAlive(a)
+}
