@@ -30,11 +30,9 @@ const (
 
 // The state word packs what the fast path must read and change together:
 // calls in flight (bits 0–31), the limit (bits 32–62) and whether any caller
-// is queued (bit 63). The fast path adds to the count before it looks, so
-// the count may exceed the limit for a moment by the number of callers
-// about to give their slot back. While the queued bit is set a freed slot is
-// handed out only by holders of mu, to the head of the queue, never to a
-// newcomer; the bit is set and cleared only under mu.
+// is queued (bit 63). While the queued bit is set only holders of mu change
+// the word, so that a freed slot goes to the head of the queue and never to a
+// newcomer.
 const (
 	inFlightMask = 1<<32 - 1
 	limitShift   = 32
@@ -48,7 +46,8 @@ func limitOf(s uint64) uint64    { return (s & limitMask) >> limitShift }
 // Bulkhead limits the number of calls in flight and queues callers, in FIFO
 // order and for a bounded time, when the limit is reached.
 //
-// Admission is one atomic add while a slot is free and nobody is queued; otherwise callers take a mutex and join the queue. A released slot
+// Admission is one atomic compare-and-swap while a slot is free and nobody is
+// queued; otherwise callers take a mutex and join the queue. A released slot
 // goes straight to the caller at the head of the queue. A Bulkhead is made
 // by [New]; the zero value is not usable. It is safe for concurrent use.
 type Bulkhead struct {
@@ -220,15 +219,15 @@ func (p *Permit) Release() {
 // Acquire does not allocate when it takes a free slot or rejects with
 // ErrFull; a wait in the queue allocates a few small objects and a timer.
 func (b *Bulkhead) Acquire(ctx context.Context) (Permit, error) {
-	// Take a slot first and look after: one atomic add, which under
-	// contention costs half a load and a compare-and-swap. When there was
-	// no free slot, or callers are queued, give it back (release hands it to
-	// the queue if that is where it belongs) and take the slow path.
-	if s := b.state.Add(1); s&queuedBit == 0 && inFlightOf(s) <= limitOf(s) {
-		return Permit{b: b}, nil
+	for {
+		s := b.state.Load()
+		if s&queuedBit != 0 || inFlightOf(s) >= limitOf(s) {
+			return b.acquireSlow(ctx)
+		}
+		if b.state.CompareAndSwap(s, s+1) {
+			return Permit{b: b}, nil
+		}
 	}
-	b.release()
-	return b.acquireSlow(ctx)
 }
 
 // Do runs fn holding a slot and returns its error, or the error of
@@ -328,41 +327,44 @@ func (b *Bulkhead) canceledWait(err error) error {
 }
 
 func (b *Bulkhead) release() {
-	if b.free()&queuedBit != 0 {
-		b.mu.Lock()
-		b.admitLocked()
-		b.mu.Unlock()
-	}
-}
-
-// releaseLocked is release for a holder of mu.
-func (b *Bulkhead) releaseLocked() {
-	b.free()
-	b.admitLocked()
-}
-
-// free takes one call off the count in flight and returns the new word.
-func (b *Bulkhead) free() uint64 {
-	s := b.state.Add(^uint64(0))
-	if inFlightOf(s) == inFlightMask {
-		b.state.Add(1) // undo the borrow from the limit bits
-		panic("bulkhead: Release of a permit that is not held")
-	}
-	return s
-}
-
-// admitLocked gives free slots to the queue, head first; mu is held. A slot
-// counted by a caller of the fast path that is about to give it back looks
-// taken here; that caller's release then admits the waiter.
-func (b *Bulkhead) admitLocked() {
-	for b.head != nil {
+	for {
 		s := b.state.Load()
-		if inFlightOf(s) >= limitOf(s) {
+		if s&queuedBit != 0 {
+			b.mu.Lock()
+			b.releaseLocked()
+			b.mu.Unlock()
 			return
 		}
-		if b.state.CompareAndSwap(s, s+1) {
-			b.grant(b.head)
+		if inFlightOf(s) == 0 {
+			panic("bulkhead: Release of a permit that is not held")
 		}
+		if b.state.CompareAndSwap(s, s-1) {
+			return
+		}
+	}
+}
+
+// releaseLocked frees one slot: it gives it to the head of the queue when
+// that keeps in-flight calls within the limit, and otherwise returns it.
+func (b *Bulkhead) releaseLocked() {
+	for {
+		s := b.state.Load()
+		if inFlightOf(s) == 0 {
+			panic("bulkhead: Release of a permit that is not held")
+		}
+		if s&queuedBit == 0 {
+			if b.state.CompareAndSwap(s, s-1) {
+				return
+			}
+			continue
+		}
+		// Queued: nobody else changes the word while we hold mu.
+		if inFlightOf(s) <= limitOf(s) {
+			b.grant(b.head)
+		} else {
+			b.state.Add(^uint64(0))
+		}
+		return
 	}
 }
 
@@ -380,7 +382,10 @@ func (b *Bulkhead) SetLimit(n int) {
 			break
 		}
 	}
-	b.admitLocked()
+	for b.head != nil && inFlightOf(b.state.Load()) < uint64(n) {
+		b.state.Add(1)
+		b.grant(b.head)
+	}
 }
 
 // push appends w to the queue; mu is held and the queued bit set.

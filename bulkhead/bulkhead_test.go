@@ -693,26 +693,3 @@ func TestSlotFreedBeforeQueueing(t *testing.T) {
 	r.p.Release()
 	requireEmpty(t, b)
 }
-
-// The fast path counts a slot before it looks. A caller that found the
-// bulkhead full has counted one too many when a waiter decides to queue;
-// giving the count back must admit that waiter, not strand it.
-func TestFastPathGiveBackAdmitsWaiter(t *testing.T) {
-	fc := clock.NewFake(time.Time{})
-	b := New("t", WithLimit(1), WithQueue(1), WithMaxWait(time.Hour), WithClock(fc))
-	b.state.Add(1) // a fast-path caller has counted the only slot
-	got := make(chan error, 1)
-	go func() {
-		p, err := b.Acquire(context.Background())
-		if err == nil {
-			p.Release()
-		}
-		got <- err
-	}()
-	fc.WaitForTimers(1) // the second caller waits in the queue
-	require.Equal(t, 1, b.Queued())
-	b.release() // the fast-path caller gives its count back
-	require.NoError(t, <-got)
-	require.Zero(t, b.InFlight())
-	require.Zero(t, b.Queued())
-}
