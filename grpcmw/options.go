@@ -130,12 +130,23 @@ func BreakerPerMethod(opts ...breaker.Option) func(target, method string) *break
 	return func(_, method string) *breaker.Breaker { return lazyBreaker(&m, method, opts) }
 }
 
+// lazyBreaker returns the breaker for name, built exactly once: racing first
+// calls wait for one breaker rather than build spares, which would register
+// themselves with the metrics (a spare counts as one more breaker in the
+// state gauge until it is garbage collected).
 func lazyBreaker(m *sync.Map, name string, opts []breaker.Option) *breaker.Breaker {
-	if b, ok := m.Load(name); ok {
-		return b.(*breaker.Breaker)
+	v, ok := m.Load(name)
+	if !ok {
+		v, _ = m.LoadOrStore(name, &onceBreaker{})
 	}
-	b, _ := m.LoadOrStore(name, breaker.New(name, opts...))
-	return b.(*breaker.Breaker)
+	ob := v.(*onceBreaker)
+	ob.once.Do(func() { ob.b = breaker.New(name, opts...) })
+	return ob.b
+}
+
+type onceBreaker struct {
+	once sync.Once
+	b    *breaker.Breaker
 }
 
 // WithFailureCodes sets the status codes a breaker counts as failures; every
