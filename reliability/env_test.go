@@ -17,7 +17,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/idempotency/pgstore"
+	"github.com/bulwark-go/bulwark/idempotency/redisstore"
+	"github.com/bulwark-go/bulwark/internal/testenv"
 )
 
 var bg = context.Background()
@@ -101,4 +104,28 @@ func pgWithHost(t testing.TB, dsn, addr string) string {
 	require.NoError(t, err)
 	u.Host = addr
 	return u.String()
+}
+
+// sharedStore opens, for one test, a store that several replicas share: each
+// call of the returned function is one replica's view of it.
+type sharedStore struct {
+	name string
+	open func(t *testing.T) func() idempotency.Store
+}
+
+// sharedStores are the stores a multi-replica scenario runs against: Redis
+// with a key prefix of its own, then PostgreSQL with a table of its own.
+func sharedStores() []sharedStore {
+	return []sharedStore{
+		{"redis", func(t *testing.T) func() idempotency.Store {
+			rdb := redisClient(t, testenv.RedisAddr(t))
+			prefix := redisPrefix(t, rdb)
+			return func() idempotency.Store { return redisstore.New(rdb, redisstore.WithPrefix(prefix)) }
+		}},
+		{"postgres", func(t *testing.T) func() idempotency.Store {
+			pool := pgPool(t, testenv.PostgresURL(t), 8)
+			table := pgTable(t, pool)
+			return func() idempotency.Store { return pgstore.New(pool, pgstore.WithTable(table)) }
+		}},
+	}
 }

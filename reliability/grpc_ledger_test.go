@@ -21,9 +21,6 @@ import (
 
 	"github.com/bulwark-go/bulwark/grpcmw"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/idempotency/pgstore"
-	"github.com/bulwark-go/bulwark/idempotency/redisstore"
-	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/bulwark-go/bulwark/retry"
 )
 
@@ -113,22 +110,7 @@ func (p *replicaPicker) intercept(ctx context.Context, method string, req, reply
 // share one store: Redis, then PostgreSQL.
 func TestGRPCExactlyOnceLedger(t *testing.T) {
 	const clients, perClient = 6, 20
-	stores := []struct {
-		name string
-		open func(t *testing.T) func() idempotency.Store
-	}{
-		{"redis", func(t *testing.T) func() idempotency.Store {
-			rdb := redisClient(t, testenv.RedisAddr(t))
-			prefix := redisPrefix(t, rdb)
-			return func() idempotency.Store { return redisstore.New(rdb, redisstore.WithPrefix(prefix)) }
-		}},
-		{"postgres", func(t *testing.T) func() idempotency.Store {
-			pool := pgPool(t, testenv.PostgresURL(t), 8)
-			table := pgTable(t, pool)
-			return func() idempotency.Store { return pgstore.New(pool, pgstore.WithTable(table)) }
-		}},
-	}
-	for _, st := range stores {
+	for _, st := range sharedStores() {
 		t.Run(st.name, func(t *testing.T) {
 			newStore := st.open(t)
 			led := &ledger{entries: map[string][]string{}}

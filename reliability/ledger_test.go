@@ -17,9 +17,6 @@ import (
 
 	"github.com/bulwark-go/bulwark/httpmw"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/idempotency/pgstore"
-	"github.com/bulwark-go/bulwark/idempotency/redisstore"
-	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/bulwark-go/bulwark/retry"
 )
 
@@ -75,22 +72,7 @@ func (r *replicas) statuses() map[int]int64 {
 // share one store: Redis, then PostgreSQL.
 func TestExactlyOnceLedger(t *testing.T) {
 	const clients, perClient = 8, 25
-	stores := []struct {
-		name string
-		open func(t *testing.T) func() idempotency.Store
-	}{
-		{"redis", func(t *testing.T) func() idempotency.Store {
-			rdb := redisClient(t, testenv.RedisAddr(t))
-			prefix := redisPrefix(t, rdb)
-			return func() idempotency.Store { return redisstore.New(rdb, redisstore.WithPrefix(prefix)) }
-		}},
-		{"postgres", func(t *testing.T) func() idempotency.Store {
-			pool := pgPool(t, testenv.PostgresURL(t), 8)
-			table := pgTable(t, pool)
-			return func() idempotency.Store { return pgstore.New(pool, pgstore.WithTable(table)) }
-		}},
-	}
-	for _, st := range stores {
+	for _, st := range sharedStores() {
 		t.Run(st.name, func(t *testing.T) {
 			newStore := st.open(t)
 			led := &ledger{entries: map[string][]string{}}
