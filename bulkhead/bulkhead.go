@@ -30,9 +30,10 @@ const (
 
 // The state word packs what the fast path must read and change together:
 // calls in flight (bits 0–31), the limit (bits 32–62) and whether any caller
-// is queued (bit 63). While the queued bit is set only holders of mu change
-// the word, so that a freed slot goes to the head of the queue and never to a
-// newcomer.
+// is queued (bit 63). While the queued bit is set nobody takes a slot
+// without holding mu, so that a freed slot goes to the head of the queue and
+// never to a newcomer; a release is always one atomic subtraction, followed,
+// when the bit is set, by a hand-off under mu.
 const (
 	inFlightMask = 1<<32 - 1
 	limitShift   = 32
@@ -327,44 +328,40 @@ func (b *Bulkhead) canceledWait(err error) error {
 }
 
 func (b *Bulkhead) release() {
-	for {
-		s := b.state.Load()
-		if s&queuedBit != 0 {
-			b.mu.Lock()
-			b.releaseLocked()
-			b.mu.Unlock()
-			return
-		}
-		if inFlightOf(s) == 0 {
-			panic("bulkhead: Release of a permit that is not held")
-		}
-		if b.state.CompareAndSwap(s, s-1) {
-			return
-		}
+	s := b.state.Add(^uint64(0)) // one less in flight
+	if inFlightOf(s) == inFlightMask {
+		b.state.Add(1) // undo the borrow from the limit bits
+		panic("bulkhead: Release of a permit that is not held")
+	}
+	if s&queuedBit != 0 {
+		b.mu.Lock()
+		b.admitLocked()
+		b.mu.Unlock()
 	}
 }
 
-// releaseLocked frees one slot: it gives it to the head of the queue when
-// that keeps in-flight calls within the limit, and otherwise returns it.
+// releaseLocked frees one slot held by a caller that holds mu and passes it
+// on to the queue.
 func (b *Bulkhead) releaseLocked() {
-	for {
+	if inFlightOf(b.state.Add(^uint64(0))) == inFlightMask {
+		b.state.Add(1)
+		panic("bulkhead: Release of a permit that is not held")
+	}
+	b.admitLocked()
+}
+
+// admitLocked grants free slots to queued callers, head first, while calls
+// in flight are below the limit; mu is held. While anyone is queued the
+// fast path admits nobody, so a slot freed by a release stays free until a
+// holder of mu gives it to the head of the queue here.
+func (b *Bulkhead) admitLocked() {
+	for b.head != nil {
 		s := b.state.Load()
-		if inFlightOf(s) == 0 {
-			panic("bulkhead: Release of a permit that is not held")
+		if inFlightOf(s) >= limitOf(s) {
+			return
 		}
-		if s&queuedBit == 0 {
-			if b.state.CompareAndSwap(s, s-1) {
-				return
-			}
-			continue
-		}
-		// Queued: nobody else changes the word while we hold mu.
-		if inFlightOf(s) <= limitOf(s) {
-			b.grant(b.head)
-		} else {
-			b.state.Add(^uint64(0))
-		}
-		return
+		b.state.Add(1)
+		b.grant(b.head)
 	}
 }
 
@@ -382,10 +379,7 @@ func (b *Bulkhead) SetLimit(n int) {
 			break
 		}
 	}
-	for b.head != nil && inFlightOf(b.state.Load()) < uint64(n) {
-		b.state.Add(1)
-		b.grant(b.head)
-	}
+	b.admitLocked()
 }
 
 // push appends w to the queue; mu is held and the queued bit set.
