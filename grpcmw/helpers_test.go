@@ -62,6 +62,27 @@ func serve(t testing.TB, transport string, svc testpb.TestServiceServer, sopts [
 	return testpb.NewTestServiceClient(cc), cc
 }
 
+// serveListener is serve on a listener of the test's choosing, over plain TCP.
+func serveListener(t testing.TB, lis net.Listener, svc testpb.TestServiceServer, sopts []grpc.ServerOption) testpb.TestServiceClient {
+	t.Helper()
+	srv := grpc.NewServer(sopts...)
+	testpb.RegisterTestServiceServer(srv, svc)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDisableRetry())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = cc.Close()
+		srv.Stop()
+		<-done
+	})
+	return testpb.NewTestServiceClient(cc)
+}
+
 // service is a TestService whose behaviour each test scripts: unary returns
 // the error for call n (1-based), or a response echoing the payload.
 type service struct {

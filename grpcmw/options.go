@@ -2,12 +2,10 @@ package grpcmw
 
 import (
 	"context"
-	"net"
 	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
@@ -191,35 +189,23 @@ type KeyFunc func(ctx context.Context, method string) string
 
 // KeyFromMetadata returns a KeyFunc that reads the first value of the
 // incoming metadata field name (an API key id, a tenant), falling back to
-// [KeyFromPeer] when the field is absent.
+// [KeyFromPeer] when the field is absent. The KeyFunc keeps its own cache of
+// peer keys (see [KeyFromPeer]), so the fallback allocates nothing for a
+// recent peer.
 func KeyFromMetadata(name string) KeyFunc {
+	peers := newPeerKeys()
 	return func(ctx context.Context, method string) string {
 		if v := metadata.ValueFromIncomingContext(ctx, name); len(v) > 0 && v[0] != "" {
 			return v[0]
 		}
-		return KeyFromPeer(ctx, method)
+		return peers.key(ctx, method)
 	}
-}
-
-// KeyFromPeer is a KeyFunc that returns the peer's IP address (without the
-// port), or "" when the context carries no peer.
-func KeyFromPeer(ctx context.Context, _ string) string {
-	p, ok := peer.FromContext(ctx)
-	if !ok || p.Addr == nil {
-		return ""
-	}
-	if a, ok := p.Addr.(*net.TCPAddr); ok {
-		return a.IP.String()
-	}
-	s := p.Addr.String()
-	if host, _, err := net.SplitHostPort(s); err == nil {
-		return host
-	}
-	return s
 }
 
 // WithRateLimit spends one unit of l's quota for key(ctx, method) on every
-// call; a nil key means [KeyFromPeer]. Server and client.
+// call; a nil key means [KeyFromPeer]. Each interceptor built with this
+// option serves KeyFromPeer from a cache of its own, so that the key of a
+// recent peer costs no allocation. Server and client.
 //
 // On the server a denied call ends, before the handler runs and before any
 // header is sent, with ResourceExhausted, RetryInfo and QuotaFailure details
@@ -235,8 +221,8 @@ func WithRateLimit(l ratelimit.Limiter, key KeyFunc) Option {
 	return func(c *config) {
 		c.limiter = l
 		c.limitKey = key
-		if key == nil {
-			c.limitKey = KeyFromPeer
+		if key == nil || isKeyFromPeer(key) {
+			c.limitKey = newPeerKeys().key
 		}
 	}
 }

@@ -3,6 +3,8 @@ package grpcmw_test
 import (
 	"context"
 	"errors"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -320,4 +322,51 @@ func TestServerIdempotencyRequired(t *testing.T) {
 	_, err := c.UnaryCall(context.Background(), payload("a"))
 	requireCode(t, codes.InvalidArgument, err)
 	require.Equal(t, 0, svc.Calls())
+}
+
+// keyRecorder is a Limiter that allows everything and records the keys.
+type keyRecorder struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+func (r *keyRecorder) Allow(_ context.Context, key string, _ int) (ratelimit.Decision, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.keys = append(r.keys, key)
+	return ratelimit.Decision{Allowed: true}, nil
+}
+
+// The peer key that reaches the limiter through a real server is the
+// client's IP over TCP, IPv4 and IPv6, and the address itself over bufconn,
+// on every call (the first is a cache miss, the rest hits).
+func TestServerRateLimitKeyFromPeer(t *testing.T) {
+	cases := []struct{ transport, want string }{
+		{"tcp", "127.0.0.1"},
+		{"tcp6", "::1"},
+		{"bufconn", "bufconn"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.transport, func(t *testing.T) {
+			rec := &keyRecorder{}
+			opts := serverOpts(grpcmw.WithRateLimit(rec, grpcmw.KeyFromPeer))
+			var c testpb.TestServiceClient
+			if tc.transport == "tcp6" {
+				lis, err := net.Listen("tcp6", "[::1]:0")
+				if err != nil {
+					t.Skipf("no IPv6 loopback: %v", err)
+				}
+				c = serveListener(t, lis, &service{}, opts)
+			} else {
+				c, _ = serve(t, tc.transport, &service{}, opts)
+			}
+			for range 3 {
+				_, err := c.UnaryCall(context.Background(), payload("x"))
+				require.NoError(t, err)
+			}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			require.Equal(t, []string{tc.want, tc.want, tc.want}, rec.keys)
+		})
+	}
 }

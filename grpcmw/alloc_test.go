@@ -1,0 +1,55 @@
+//go:build !race
+
+package grpcmw_test
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
+
+	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/bulwark-go/bulwark/bulkhead"
+	"github.com/bulwark-go/bulwark/grpcmw"
+	"github.com/bulwark-go/bulwark/ratelimit"
+)
+
+// The server interceptor keyed by the peer's IP (KeyFromPeer, a nil key, or
+// KeyFromMetadata's fallback) allocates nothing on a call that passes, for
+// IPv4, IPv6 and non-TCP peers alike.
+func TestServerInterceptorKeyFromPeerDoesNotAllocate(t *testing.T) {
+	peers := map[string]net.Addr{
+		"ipv4": &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 40000},
+		"ipv6": &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 40000},
+		"unix": &net.UnixAddr{Name: "/run/app.sock", Net: "unix"},
+	}
+	keys := map[string]grpcmw.KeyFunc{
+		"KeyFromPeer":     grpcmw.KeyFromPeer,
+		"nil":             nil,
+		"KeyFromMetadata": grpcmw.KeyFromMetadata("x-api-key"),
+	}
+	info := &grpc.UnaryServerInfo{FullMethod: "/grpc.testing.TestService/UnaryCall"}
+	handler := func(context.Context, any) (any, error) { return nil, nil }
+	for kname, key := range keys {
+		reg := prometheus.NewRegistry()
+		ic := grpcmw.UnaryServerInterceptor(
+			grpcmw.WithRateLimit(ratelimit.NewLocal("allocs", rate.Limit(1e9), 1e9, ratelimit.WithRegisterer(reg)), key),
+			grpcmw.WithBulkhead(bulkhead.New("allocs", bulkhead.WithRegisterer(reg))),
+			grpcmw.WithBreaker(breaker.New("allocs", breaker.WithRegisterer(reg))),
+		)
+		for pname, addr := range peers {
+			ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: addr})
+			allocs := testing.AllocsPerRun(1000, func() {
+				if _, err := ic(ctx, nil, info, handler); err != nil {
+					t.Fatal(err)
+				}
+			})
+			require.Zero(t, allocs, "%s, %s peer", kname, pname)
+		}
+	}
+}
