@@ -6,7 +6,9 @@ import (
 	"hash/maphash"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
@@ -100,7 +102,6 @@ type Local struct {
 	clk    clock.Clock
 	epoch  time.Time // bucket times are nanoseconds since epoch (monotonic)
 	seed   maphash.Seed
-	m      rlmetrics.Decisions
 	shards [numShards]shard
 }
 
@@ -109,7 +110,11 @@ type shard struct {
 	keys map[uint64]*entry
 	max  int
 	lru  entry // sentinel of a circular list: lru.next is the most recently used
-	_    [64]byte
+	// Decisions on the shard's keys, read at scrape time: counted here,
+	// beside the mutex a decision holds anyway, so that counting shares no
+	// cache line between shards.
+	allowed, denied atomic.Uint64
+	_               [64]byte
 }
 
 type entry struct {
@@ -152,7 +157,20 @@ func NewLocal(name string, r rate.Limit, burst int, opts ...Option) *Local {
 		seed:   maphash.MakeSeed(),
 	}
 	l.epoch = l.clk.Now()
-	l.m = rlmetrics.NewDecisions(c.reg, name)
+	if c.reg != nil {
+		w := weak.Make(l)
+		rlmetrics.RegisterDecisions(c.reg, name, func(dst []uint64) bool {
+			l := w.Value()
+			if l == nil {
+				return false
+			}
+			for i := range l.shards {
+				dst[rlmetrics.Allowed] += l.shards[i].allowed.Load()
+				dst[rlmetrics.Denied] += l.shards[i].denied.Load()
+			}
+			return true
+		})
+	}
 	if r != rate.Inf {
 		l.window = durationFor(float64(burst), r)
 	}
@@ -193,7 +211,8 @@ func (l *Local) Allow(_ context.Context, key string, cost int) (Decision, error)
 		return l.policyOnly(), err
 	}
 	if l.limit == rate.Inf {
-		l.m.Allowed.Inc()
+		s, _ := l.shard(key)
+		s.allowed.Add(1)
 		return l.decision(true, 0, cost), nil
 	}
 	now := l.now()
@@ -205,13 +224,11 @@ func (l *Local) Allow(_ context.Context, key string, cost int) (Decision, error)
 	if ok {
 		tokens -= float64(cost)
 		e.tokens = tokens
+		s.allowed.Add(1)
+	} else {
+		s.denied.Add(1)
 	}
 	s.mu.Unlock()
-	if ok {
-		l.m.Allowed.Inc()
-	} else {
-		l.m.Denied.Inc()
-	}
 	return l.decision(ok, tokens, cost), nil
 }
 
@@ -247,7 +264,8 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	if l.limit == rate.Inf || n == 0 {
 		// Nothing to pay: no wait, even behind reservations that hold the
 		// bucket below zero.
-		l.m.Allowed.Inc()
+		s, _ := l.shard(key)
+		s.allowed.Add(1)
 		return nil
 	}
 	now := l.now()
@@ -268,10 +286,10 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	s.mu.Unlock()
 	switch {
 	case delay == 0:
-		l.m.Allowed.Inc()
+		s.allowed.Add(1)
 		return nil
 	case tooLate:
-		l.m.Denied.Inc()
+		s.denied.Add(1)
 		d := l.policyOnly()
 		d.RetryAfter = delay
 		return &LimitedError{Decision: d, Err: context.DeadlineExceeded}
@@ -279,12 +297,12 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	t := l.clk.NewTimer(delay)
 	select {
 	case <-t.C():
-		l.m.Allowed.Inc()
+		s.allowed.Add(1)
 		return nil
 	case <-ctx.Done():
 		t.Stop()
 		l.giveBack(s, h, e, gen, n)
-		l.m.Denied.Inc()
+		s.denied.Add(1)
 		return ctx.Err()
 	}
 }

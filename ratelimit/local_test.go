@@ -5,10 +5,12 @@ import (
 	"errors"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/bulwark-go/bulwark"
 	"github.com/bulwark-go/bulwark/internal/clock"
@@ -415,11 +417,16 @@ func TestLocalMetrics(t *testing.T) {
 	}
 	_, err := b.Allow(bg, "k", 1)
 	require.NoError(t, err)
-	vec := a.m.Allowed
-	require.Equal(t, 2.0, testutil.ToFloat64(vec))
-	require.Equal(t, 1.0, testutil.ToFloat64(a.m.Denied))
-	require.Equal(t, 0.0, testutil.ToFloat64(a.m.Error))
-	require.Equal(t, 1.0, testutil.ToFloat64(b.m.Allowed))
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_ratelimit_decisions_total Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).
+# TYPE bulwark_ratelimit_decisions_total counter
+bulwark_ratelimit_decisions_total{decision="allowed",name="a"} 2
+bulwark_ratelimit_decisions_total{decision="denied",name="a"} 1
+bulwark_ratelimit_decisions_total{decision="error",name="a"} 0
+bulwark_ratelimit_decisions_total{decision="allowed",name="b"} 1
+bulwark_ratelimit_decisions_total{decision="denied",name="b"} 0
+bulwark_ratelimit_decisions_total{decision="error",name="b"} 0
+`), "bulwark_ratelimit_decisions_total"))
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
@@ -478,4 +485,48 @@ func TestLocalWaitZeroReturnsAtOnce(t *testing.T) {
 	}
 	clk.Advance(time.Second)
 	require.NoError(t, <-done)
+}
+
+// Registering metrics keeps no strong reference to the limiter: a limiter
+// nobody uses is collected, and its name leaves the output.
+func TestLocalMetricsLetTheLimiterGo(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	l := NewLocal("gone", 1, 1, WithRegisterer(reg))
+	_, err := l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.Equal(t, 3, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+	w := weak.Make(l)
+	l = nil
+	for i := 0; w.Value() != nil; i++ {
+		require.Less(t, i, 100, "limiter not collected after 100 GCs")
+		runtime.GC()
+	}
+	require.Zero(t, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+}
+
+// Decisions are counted in the shard of their key; the counts of all the
+// shards add up to every decision, under concurrency.
+func TestLocalMetricsCountEveryDecision(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	l := NewLocal("many", 1, 50, WithRegisterer(reg), WithClock(clock.NewFake(time.Time{})))
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 100 {
+				_, err := l.Allow(bg, strconv.Itoa(g*100+i%10), 1)
+				require.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	// 160 keys, 10 decisions each, a burst of 50: all allowed.
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_ratelimit_decisions_total Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).
+# TYPE bulwark_ratelimit_decisions_total counter
+bulwark_ratelimit_decisions_total{decision="allowed",name="many"} 1600
+bulwark_ratelimit_decisions_total{decision="denied",name="many"} 0
+bulwark_ratelimit_decisions_total{decision="error",name="many"} 0
+`), "bulwark_ratelimit_decisions_total"))
 }

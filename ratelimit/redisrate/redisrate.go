@@ -10,6 +10,7 @@ import (
 	"math"
 	"strings"
 	"time"
+	"weak"
 
 	"github.com/bulwark-go/bulwark/ratelimit"
 	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
@@ -160,7 +161,7 @@ type Limiter struct {
 	mode     FailureMode
 	// Command arguments boxed once, so a decision does not box them again.
 	shaArg, intervalArg, burstArg any
-	m                             rlmetrics.Decisions
+	counts                        rlmetrics.Counts
 	store                         prometheus.Observer
 }
 
@@ -188,7 +189,7 @@ func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts .
 	}
 	us := int64(math.Round(1e6 / float64(r)))
 	script := redis.NewScript(gcraSource)
-	return &Limiter{
+	l := &Limiter{
 		name:        name,
 		rdb:         rdb,
 		script:      script,
@@ -202,9 +203,18 @@ func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts .
 		mode:        c.mode,
 		intervalArg: us,
 		burstArg:    burst,
-		m:           rlmetrics.NewDecisions(c.reg, name),
 		store:       rlmetrics.NewStoreSeconds(c.reg, name),
 	}
+	w := weak.Make(l)
+	rlmetrics.RegisterDecisions(c.reg, name, func(dst []uint64) bool {
+		l := w.Value()
+		if l == nil {
+			return false
+		}
+		l.counts.Read(dst)
+		return true
+	})
+	return l
 }
 
 // Name returns the limiter's name.
@@ -271,9 +281,9 @@ func (l *Limiter) decide(ctx context.Context, key string, cost int, now *time.Ti
 			var d ratelimit.Decision
 			if d, err = l.parse(reply); err == nil {
 				if d.Allowed {
-					l.m.Allowed.Inc()
+					l.counts.Inc(rlmetrics.Allowed)
 				} else {
-					l.m.Denied.Inc()
+					l.counts.Inc(rlmetrics.Denied)
 				}
 				return d, nil
 			}
@@ -302,7 +312,7 @@ func (l *Limiter) parse(reply []any) (ratelimit.Decision, error) {
 }
 
 func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ratelimit.Decision, error) {
-	l.m.Error.Inc()
+	l.counts.Inc(rlmetrics.Error)
 	if cerr := ctx.Err(); cerr != nil {
 		return l.policyOnly(false), cerr
 	}

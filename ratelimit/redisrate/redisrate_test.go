@@ -7,15 +7,18 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/bulwark-go/bulwark"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/bulwark-go/bulwark/ratelimit"
+	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -342,8 +345,8 @@ func TestRedisUnreachable(t *testing.T) {
 			d, err := l.Allow(bg, "k", 1)
 			require.Less(t, time.Since(start), time.Second)
 			tc.check(t, d, err)
-			require.Equal(t, 1.0, testutil.ToFloat64(l.m.Error))
-			require.Zero(t, testutil.ToFloat64(l.m.Allowed))
+			require.Equal(t, 1.0, float64(l.counts.Load(rlmetrics.Error)))
+			require.Zero(t, float64(l.counts.Load(rlmetrics.Allowed)))
 		})
 	}
 }
@@ -447,7 +450,7 @@ func TestRedisStoppedMidTest(t *testing.T) {
 				require.Less(t, time.Since(start), time.Second)
 				tc.check(t, d, err)
 			}
-			require.Equal(t, 3.0, testutil.ToFloat64(l.m.Error))
+			require.Equal(t, 3.0, float64(l.counts.Load(rlmetrics.Error)))
 		})
 	}
 }
@@ -533,8 +536,8 @@ func TestDoAndMetrics(t *testing.T) {
 	require.True(t, ok)
 	require.InDelta(t, float64(time.Hour), float64(h.RetryAfter), float64(time.Second))
 	require.Equal(t, 1, calls)
-	require.Equal(t, 1.0, testutil.ToFloat64(l.m.Allowed))
-	require.Equal(t, 1.0, testutil.ToFloat64(l.m.Denied))
+	require.Equal(t, 1.0, float64(l.counts.Load(rlmetrics.Allowed)))
+	require.Equal(t, 1.0, float64(l.counts.Load(rlmetrics.Denied)))
 	require.Equal(t, 1, testutil.CollectAndCount(reg, "bulwark_ratelimit_store_seconds"))
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
@@ -571,4 +574,21 @@ func TestCallerDeadlineBoundsDecision(t *testing.T) {
 	_, err := l.Allow(ctx, "k", 1)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the caller's deadline, not a failure to fail open on")
 	require.Less(t, time.Since(start), time.Second)
+}
+
+// Registering metrics keeps no strong reference to the limiter: a limiter
+// nobody uses is collected, and its name leaves the output.
+func TestMetricsLetTheLimiterGo(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	reg := prometheus.NewPedanticRegistry()
+	l := New("gone", rdb, 1, 5, WithRegisterer(reg))
+	require.Equal(t, 3, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+	w := weak.Make(l)
+	l = nil
+	for i := 0; w.Value() != nil; i++ {
+		require.Less(t, i, 100, "limiter not collected after 100 GCs")
+		runtime.GC()
+	}
+	require.Zero(t, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
 }

@@ -4,33 +4,53 @@
 package rlmetrics
 
 import (
+	"sync/atomic"
+
 	"github.com/bulwark-go/bulwark/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Decision label values.
+// Indices of the decision kinds in the counts a limiter reports through
+// [RegisterDecisions].
 const (
-	Allowed = "allowed"
-	Denied  = "denied"
-	Error   = "error"
+	Allowed = iota
+	Denied
+	Error
+	numDecisions
 )
 
-// Decisions holds the resolved counter children of one limiter instance.
-type Decisions struct {
-	Allowed, Denied, Error prometheus.Counter
+// RegisterDecisions registers (or reuses) bulwark_ratelimit_decisions_total
+// on reg and reports through it the counts of one limiter called name, which
+// read fills (indexed by Allowed, Denied and Error) and which returns false
+// once the limiter is gone; see [metrics.Counters]. A nil reg reports
+// nothing.
+func RegisterDecisions(reg prometheus.Registerer, name string, read func(dst []uint64) bool) {
+	if reg == nil {
+		return
+	}
+	metrics.Register(reg, metrics.NewCounters("bulwark_ratelimit_decisions_total",
+		"Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).",
+		"decision", "allowed", "denied", "error")).Add(name, read)
 }
 
-// NewDecisions registers (or reuses) bulwark_ratelimit_decisions_total on reg
-// and resolves the children for name.
-func NewDecisions(reg prometheus.Registerer, name string) Decisions {
-	vec := metrics.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bulwark_ratelimit_decisions_total",
-		Help: "Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).",
-	}, []string{"name", "decision"}))
-	return Decisions{
-		Allowed: vec.WithLabelValues(name, Allowed),
-		Denied:  vec.WithLabelValues(name, Denied),
-		Error:   vec.WithLabelValues(name, Error),
+// Counts are the decisions of one limiter, for a limiter that counts them
+// in one place. The counters sit on a cache line of their own.
+type Counts struct {
+	_ [64]byte
+	n [numDecisions]atomic.Uint64
+	_ [64]byte
+}
+
+// Inc counts one decision of kind k (Allowed, Denied or Error).
+func (c *Counts) Inc(k int) { c.n[k].Add(1) }
+
+// Load returns the count of kind k.
+func (c *Counts) Load(k int) uint64 { return c.n[k].Load() }
+
+// Read adds the counts to dst.
+func (c *Counts) Read(dst []uint64) {
+	for k := range c.n {
+		dst[k] += c.n[k].Load()
 	}
 }
 
