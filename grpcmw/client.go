@@ -16,6 +16,7 @@ import (
 	"github.com/bulwark-go/bulwark"
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/ratelimit"
+	"github.com/bulwark-go/bulwark/retry"
 )
 
 // waiter is the client-side throttling form of a limiter ([ratelimit.Local]).
@@ -33,9 +34,36 @@ type client struct {
 	states sync.Pool
 }
 
+// callState is the trailer capture of a call: opts[0] is the option that
+// stores the trailer in trailer, and the call's own options follow it, so a
+// call without options of its own copies nothing.
 type callState struct {
 	trailer metadata.MD
 	opts    []grpc.CallOption
+}
+
+func newCallState() any {
+	st := &callState{opts: make([]grpc.CallOption, 1, 4)}
+	st.opts[0] = grpc.TrailerCallOption{TrailerAddr: &st.trailer}
+	return st
+}
+
+// with returns the options of an attempt: the trailer capture, then opts.
+func (st *callState) with(opts []grpc.CallOption) []grpc.CallOption {
+	if len(opts) > 0 || len(st.opts) > 1 {
+		st.opts = append(st.opts[:1], opts...)
+	}
+	return st.opts
+}
+
+// putState returns st to the pool, without the call's options.
+func (c *client) putState(st *callState) {
+	if len(st.opts) > 1 {
+		clear(st.opts[1:])
+		st.opts = st.opts[:1]
+	}
+	st.trailer = nil
+	c.states.Put(st)
 }
 
 func newClient(opts []Option) *client {
@@ -43,7 +71,7 @@ func newClient(opts []Option) *client {
 	if w, ok := c.limiter.(waiter); ok {
 		c.waiter = w
 	}
-	c.states.New = func() any { return new(callState) }
+	c.states.New = newCallState
 	return c
 }
 
@@ -80,46 +108,54 @@ func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 }
 
 func (c *client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	co := scanCallOptions(opts)
+	var co callOptions
+	if len(opts) > 0 {
+		co = scanCallOptions(opts)
+	}
 	if c.genKeys || co.key != "" {
 		ctx = withIdempotencyKey(ctx, co.key)
 	}
-	var b *breaker.Breaker
-	if c.breakers != nil {
-		b = c.breakers(target(cc), method)
-	}
+	b := c.breakerFor(cc, method)
 	if c.retry == nil || co.maxAttempts == 1 {
-		_, err := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, false)
+		_, err := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, nil)
 		if co.attempts != nil {
 			*co.attempts = 1
 		}
 		return err
 	}
+	// One trailer capture serves every attempt of the call.
+	st := c.states.Get().(*callState)
+	defer c.putState(st)
 	l := c.retry.BeginN(ctx, co.maxAttempts)
-	defer func() {
-		if co.attempts != nil {
-			*co.attempts = l.Attempt()
-		}
-	}()
 	for {
 		actx, cancel := l.Context()
 		if n := l.Attempt(); n > 1 {
 			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 		}
-		hint, err := c.attempt(actx, method, req, reply, cc, invoker, opts, b, true)
+		hint, err := c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
 		if err == nil {
 			cancel()
 			l.Decide(nil)
-			return nil
+			break
 		}
 		verdict := c.classify(ctx, actx, err, hint)
 		cancel()
 		if !l.Decide(verdict) {
+			c.reportAttempts(co, &l)
 			return err
 		}
 		if !l.Wait() {
+			c.reportAttempts(co, &l)
 			return status.FromContextError(ctx.Err()).Err()
 		}
+	}
+	c.reportAttempts(co, &l)
+	return nil
+}
+
+func (c *client) reportAttempts(co callOptions, l *retry.Loop) {
+	if co.attempts != nil {
+		*co.attempts = l.Attempt()
 	}
 }
 
@@ -159,10 +195,10 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 }
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
-// When capture is set it also reads the server's retry hint from the trailer
-// and the status details of a failed attempt.
+// With a capture state it also reads the server's retry hint from the
+// trailer and the status details of a failed attempt.
 func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture bool) (hint *bulwark.Hint, err error) {
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture *callState) (hint *bulwark.Hint, err error) {
 	if c.limiter != nil {
 		if err := c.throttle(ctx, method); err != nil {
 			return nil, err
@@ -194,24 +230,20 @@ func (c *client) attempt(ctx context.Context, method string, req, reply any, cc 
 	return hint, err
 }
 
-// invoke calls the invoker, capturing the trailer when asked to.
+// invoke calls the invoker, capturing the trailer into st when it is not nil.
 func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, capture bool) (hint *bulwark.Hint, err error) {
-	if !capture {
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, st *callState) (hint *bulwark.Hint, err error) {
+	if st == nil {
 		return nil, invoker(ctx, method, req, reply, cc, opts...)
 	}
-	st := c.states.Get().(*callState)
-	st.opts = append(append(st.opts[:0], opts...), grpc.TrailerCallOption{TrailerAddr: &st.trailer})
-	err = invoker(ctx, method, req, reply, cc, st.opts...)
+	err = invoker(ctx, method, req, reply, cc, st.with(opts)...)
 	if err != nil {
 		s, _ := status.FromError(err)
 		if h, ok := serverHint(s, st.trailer); ok {
 			hint = &h
 		}
 	}
-	clear(st.opts)
-	st.opts, st.trailer = st.opts[:0], nil
-	c.states.Put(st)
+	st.trailer = nil // grpc-go does not set it when an attempt fails early
 	return hint, err
 }
 

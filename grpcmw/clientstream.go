@@ -64,9 +64,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		c: c, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts,
 		attempts: co.attempts,
 	}
-	if c.breakers != nil {
-		rs.breaker = c.breakers(target(cc), method)
-	}
+	rs.breaker = c.breakerFor(cc, method)
 	if c.bulkhead != nil {
 		p, err := c.bulkhead.Acquire(ctx)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
@@ -20,6 +21,7 @@ import (
 type Option func(*config)
 
 type config struct {
+	breaker      *breaker.Breaker // WithBreaker: one breaker, no per-call pick
 	breakers     func(target, method string) *breaker.Breaker
 	failureCodes codeSet
 	bulkhead     *bulkhead.Bulkhead
@@ -93,12 +95,7 @@ func newConfig(opts []Option) config {
 // with an Unavailable status error that also matches [breaker.ErrOpen] and
 // carries the hint, so the retry policy waits for the breaker.
 func WithBreaker(b *breaker.Breaker) Option {
-	return func(c *config) {
-		c.breakers = nil
-		if b != nil {
-			c.breakers = func(string, string) *breaker.Breaker { return b }
-		}
-	}
+	return func(c *config) { c.breaker, c.breakers = b, nil }
 }
 
 // WithBreakers chooses a breaker per call: pick is given the client
@@ -106,7 +103,19 @@ func WithBreaker(b *breaker.Breaker) Option {
 // name, and may return nil for calls that no breaker guards. Server and
 // client. [BreakerPerTarget] and [BreakerPerMethod] build the usual choices.
 func WithBreakers(pick func(target, method string) *breaker.Breaker) Option {
-	return func(c *config) { c.breakers = pick }
+	return func(c *config) { c.breaker, c.breakers = nil, pick }
+}
+
+// breakerFor returns the breaker of a call to method on cc (nil on the
+// server), or nil when no breaker guards it.
+func (c *config) breakerFor(cc *grpc.ClientConn, method string) *breaker.Breaker {
+	if c.breaker != nil {
+		return c.breaker
+	}
+	if c.breakers != nil {
+		return c.breakers(target(cc), method)
+	}
+	return nil
 }
 
 // BreakerPerTarget returns a breaker picker for [WithBreakers] that keeps one

@@ -72,10 +72,7 @@ func (s *server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		}
 		defer p.Release()
 	}
-	var b *breaker.Breaker
-	if s.breakers != nil {
-		b = s.breakers("", info.FullMethod)
-	}
+	b := s.breakerFor(nil, info.FullMethod)
 	if b == nil {
 		return s.call(ctx, req, info, handler)
 	}
@@ -114,10 +111,7 @@ func (s *server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 		}
 		defer p.Release()
 	}
-	var b *breaker.Breaker
-	if s.breakers != nil {
-		b = s.breakers("", info.FullMethod)
-	}
+	b := s.breakerFor(nil, info.FullMethod)
 	if b == nil {
 		return handler(srv, ss)
 	}
