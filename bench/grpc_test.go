@@ -41,7 +41,9 @@ var (
 // at once. bulwark's applies a rate limit keyed by the peer's IP, a bulkhead
 // and a breaker, metrics on; failsafe-go's the same three policies;
 // go-grpc-middleware ships only a rate limit (unkeyed, here on one
-// x/time/rate limiter). Reference: go-grpc-middleware-ratelimit.
+// x/time/rate limiter). bulwark-ratelimit does go-grpc-middleware's work: one
+// limit for all calls (a constant key), metrics on.
+// Reference: go-grpc-middleware-ratelimit.
 
 // rateLimit is a go-grpc-middleware Limiter on x/time/rate.
 type rateLimit struct{ l *rate.Limiter }
@@ -76,6 +78,10 @@ func BenchmarkGRPCServer(b *testing.B) {
 				bulkhead.WithRegisterer(reg))),
 			grpcmw.WithBreaker(breaker.New("bench", breaker.WithRegisterer(reg))),
 		))},
+		{"bulwark-ratelimit", intercepted(grpcmw.UnaryServerInterceptor(
+			grpcmw.WithRateLimit(ratelimit.NewLocal("bench-alone", limiterRate, limiterBurst,
+				ratelimit.WithRegisterer(reg)), func(context.Context, string) string { return "all" }),
+		))},
 		{"go-grpc-middleware-ratelimit", intercepted(gmratelimit.UnaryServerInterceptor(
 			rateLimit{rate.NewLimiter(limiterRate, limiterBurst)}))},
 		{"failsafe-limit+bulkhead+breaker", intercepted(failsafegrpc.NewUnaryServerInterceptor[any](
@@ -90,7 +96,8 @@ func BenchmarkGRPCServer(b *testing.B) {
 
 // GRPCClient: a unary client interceptor around an invoker that succeeds at
 // once: retry (3 attempts) + breaker for bulwark and failsafe-go, retry
-// alone for go-grpc-middleware, which has no breaker.
+// alone for go-grpc-middleware, which has no breaker. bulwark-retry does
+// go-grpc-middleware's work: retry alone, 3 attempts, metrics on.
 // Reference: go-grpc-middleware-retry.
 
 func BenchmarkGRPCClient(b *testing.B) {
@@ -110,6 +117,9 @@ func BenchmarkGRPCClient(b *testing.B) {
 		{"bulwark-retry+breaker", intercepted(grpcmw.UnaryClientInterceptor(
 			grpcmw.WithRetry(retry.New("bench", retry.WithRegisterer(reg))),
 			grpcmw.WithBreaker(breaker.New("bench", breaker.WithRegisterer(reg))),
+		))},
+		{"bulwark-retry", intercepted(grpcmw.UnaryClientInterceptor(
+			grpcmw.WithRetry(retry.New("bench-alone", retry.WithMaxAttempts(3), retry.WithRegisterer(reg))),
 		))},
 		{"go-grpc-middleware-retry", intercepted(gmretry.UnaryClientInterceptor(gmretry.WithMax(3)))},
 		{"failsafe-retry+breaker", intercepted(failsafegrpc.NewUnaryClientInterceptor[any](
