@@ -11,12 +11,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
 	"github.com/bulwark-go/bulwark/grpcmw"
 	"github.com/bulwark-go/bulwark/ratelimit"
+	"github.com/bulwark-go/bulwark/retry"
 )
 
 // The server interceptor keyed by the peer's IP (KeyFromPeer, a nil key, or
@@ -50,6 +52,40 @@ func TestServerInterceptorKeyFromPeerDoesNotAllocate(t *testing.T) {
 				}
 			})
 			require.Zero(t, allocs, "%s, %s peer", kname, pname)
+		}
+	}
+}
+
+// The client interceptor (retry + breaker) allocates nothing on a call that
+// succeeds, with or without call options of its own; the options reach the
+// invoker after the interceptor's trailer capture.
+func TestClientInterceptorDoesNotAllocate(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	ic := grpcmw.UnaryClientInterceptor(
+		grpcmw.WithRetry(retry.New("allocs", retry.WithRegisterer(reg))),
+		grpcmw.WithBreaker(breaker.New("allocs", breaker.WithRegisterer(reg))),
+	)
+	var md metadata.MD
+	userOpt := grpc.Trailer(&md)
+	var last grpc.CallOption // the last option the invoker was given
+	invoker := func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		last = opts[len(opts)-1]
+		return nil
+	}
+	ctx := context.Background()
+	for name, opts := range map[string][]grpc.CallOption{
+		"no options":   nil,
+		"user trailer": {userOpt},
+		"no retry":     {grpcmw.DisableRetry()},
+	} {
+		allocs := testing.AllocsPerRun(1000, func() {
+			if err := ic(ctx, "/s/m", nil, nil, nil, invoker, opts...); err != nil {
+				t.Fatal(err)
+			}
+		})
+		require.Zero(t, allocs, name)
+		if name == "user trailer" {
+			require.Equal(t, userOpt, last)
 		}
 	}
 }
