@@ -1,96 +1,199 @@
 package metrics
 
 import (
+	"fmt"
+	"runtime"
+	"slices"
 	"sync"
+	"weak"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Counters is a collector of one counter family labelled (name, kind) whose
-// values live in the instances that count them — plain atomics, often one
-// per shard, so that counting costs a hot path no shared cache line — and
-// are read at scrape time.
+// Family is one counter family of a [Counters]. Its series are labelled by
+// the instance's name and, when Label is set, by Label too, which then takes
+// the values Kinds: the family has one value per kind. Without a Label the
+// family has one value, and Kinds must be empty.
+type Family struct {
+	Name, Help string
+	Label      string
+	Kinds      []string
+}
+
+// width is the number of values the family takes in a reading.
+func (f Family) width() int { return max(1, len(f.Kinds)) }
+
+// Counters is a collector of counter families whose values live in the
+// instances that count them — plain atomics, often one per shard, so that
+// counting costs a hot path no shared cache line — and are read at scrape
+// time. An instance's reading is one flat list of values: those of the
+// first family (one per kind, in order), then those of the next, and so on.
 //
 // Instances that share a name are summed. So that a name's counters never go
 // down when one of its instances is garbage collected (Prometheus would read
-// a reset), Counters keeps what it last read from each instance in the
-// name's total while another instance of the name lives; what a collected
-// instance counted after the last scrape is lost. A name whose instances are
-// all gone leaves the output, so memory follows the live instances.
+// a reset, and rate() would count the whole total again), Counters keeps
+// what it last read from each instance in the name's total while another
+// instance of the name lives; what a collected instance counted after the
+// last scrape is lost. A name whose instances are all gone leaves the output
+// and is forgotten, so memory follows the live instances; an instance given
+// the name later starts its series again from its own counts.
+//
+// Instances are read with no lock held, so a read may take locks of its own,
+// and scrapes may run at once: each value kept is the highest read so far,
+// whatever order concurrent scrapes finish in. Safe for concurrent use.
 type Counters struct {
-	desc  *prometheus.Desc
-	kinds []string
+	families []Family
+	descs    []*prometheus.Desc // one per family
+	width    int                // values in a reading, all families together
 
 	mu      sync.Mutex
-	members []counterSource
+	members []*counterSource
 	retired map[string][]uint64 // read from collected instances, by name
 }
 
 type counterSource struct {
 	name string
-	read func(dst []uint64) bool
-	last []uint64 // what the last scrape read
+	// read adds the instance's counts to dst. It returns what keeps the
+	// instance alive until the reading is summed, or nil once the instance
+	// is gone.
+	read func(dst []uint64) (keep any)
+	last []uint64 // the highest reading so far; under the collector's mu
 }
 
-// NewCounters returns a collector of the counter family fqName with labels
-// name and label, whose label takes the values kinds.
-func NewCounters(fqName, help, label string, kinds ...string) *Counters {
-	return &Counters{
-		desc:    prometheus.NewDesc(fqName, help, []string{"name", label}, nil),
-		kinds:   kinds,
-		retired: map[string][]uint64{},
+// NewCounters returns a collector of the counter families fams. It panics
+// when a family has a Label and no Kinds, or Kinds and no Label.
+func NewCounters(fams ...Family) *Counters {
+	c := &Counters{families: fams, retired: map[string][]uint64{}}
+	for _, f := range fams {
+		labels := []string{"name"}
+		if f.Label != "" {
+			labels = append(labels, f.Label)
+		}
+		if (f.Label == "") != (len(f.Kinds) == 0) {
+			panic(fmt.Sprintf("bulwark: counter family %s: label %q with kinds %q", f.Name, f.Label, f.Kinds))
+		}
+		c.descs = append(c.descs, prometheus.NewDesc(f.Name, f.Help, labels, nil))
+		c.width += f.width()
 	}
+	return c
 }
 
 // Add reports the counters of one instance called name. read adds to dst,
-// which starts zeroed, one value per kind in the order given to
-// [NewCounters], and returns false once
-// the instance is gone; it must not hold the instance strongly (read it
-// through a weak.Pointer), or the instance is never collected.
+// which starts zeroed, the instance's values in the order of [Counters],
+// and returns false once the instance is gone; it must not hold the
+// instance strongly (read it through a weak.Pointer), or the instance is
+// never collected. Prefer [AddInstance], which also keeps an instance being
+// read alive until the scrape has summed it.
 func (c *Counters) Add(name string, read func(dst []uint64) bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.refreshLocked() // memory follows the live instances even without scrapes
-	c.members = append(c.members, counterSource{name: name, read: read, last: make([]uint64, len(c.kinds))})
+	c.add(name, func(dst []uint64) any {
+		if !read(dst) {
+			return nil
+		}
+		return true // read holds its instance itself: nothing to keep
+	})
 }
 
-// refreshLocked reads every live instance, drops the gone ones, keeping their
-// last reading in their name's retired total while the name has a live
-// instance, and forgets the retired totals of names that have none; mu is
-// held.
-func (c *Counters) refreshLocked() {
-	liveNames := map[string]bool{}
-	live := c.members[:0]
-	var gone []counterSource
-	reading := make([]uint64, len(c.kinds))
-	for _, m := range c.members {
-		clear(reading)
-		if !m.read(reading) {
-			gone = append(gone, m)
+// AddInstance reports the counters of v, an instance called name, through
+// c, which holds v weakly. read adds to dst, which starts zeroed, v's values
+// in the order of [Counters].
+func AddInstance[T any](c *Counters, name string, v *T, read func(v *T, dst []uint64)) {
+	wp := weak.Make(v)
+	c.add(name, func(dst []uint64) any {
+		v := wp.Value()
+		if v == nil {
+			return nil
+		}
+		read(v, dst)
+		return v
+	})
+}
+
+func (c *Counters) add(name string, read func(dst []uint64) any) {
+	c.refresh() // memory follows the live instances even without scrapes
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.members = append(c.members, &counterSource{name: name, read: read, last: make([]uint64, c.width)})
+}
+
+// Len returns the number of instances c reads and of names it keeps a
+// retired total for: what c holds in memory.
+func (c *Counters) Len() (instances, retired int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.members), len(c.retired)
+}
+
+// refresh reads every instance, drops the gone ones, keeping their last
+// reading in their name's retired total while the name has an instance
+// left, and forgets the retired totals of names that have none. It returns
+// the names left, in the order their first instance was added, and their
+// totals.
+func (c *Counters) refresh() (names []string, totals map[string][]uint64) {
+	c.mu.Lock()
+	members := slices.Clone(c.members)
+	c.mu.Unlock()
+
+	// Reading an instance may take its own locks: none of c's is held.
+	readings := make([]uint64, len(members)*c.width)
+	keep := make([]any, len(members))
+	for i, m := range members {
+		keep[i] = m.read(readings[i*c.width : (i+1)*c.width])
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gone := map[*counterSource]bool{}
+	for i, m := range members {
+		if keep[i] == nil {
+			gone[m] = true
 			continue
 		}
-		copy(m.last, reading)
-		liveNames[m.name] = true
-		live = append(live, m)
+		// Scrapes running at once may store their readings out of order.
+		for k, v := range readings[i*c.width : (i+1)*c.width] {
+			m.last[k] = max(m.last[k], v)
+		}
 	}
-	clear(c.members[len(live):])
-	c.members = live
-	for _, m := range gone {
-		if !liveNames[m.name] {
-			continue
+	// A concurrent refresh may have dropped a gone instance already: only
+	// those still here are dropped now, so none is retired twice.
+	var dropped []*counterSource
+	c.members = slices.DeleteFunc(c.members, func(m *counterSource) bool {
+		if gone[m] {
+			dropped = append(dropped, m)
+		}
+		return gone[m]
+	})
+	totals = map[string][]uint64{}
+	for _, m := range c.members {
+		s := totals[m.name]
+		if s == nil {
+			s = make([]uint64, c.width)
+			totals[m.name] = s
+			names = append(names, m.name)
+		}
+		addTo(s, m.last)
+	}
+	for _, m := range dropped {
+		if totals[m.name] == nil {
+			continue // the name has no instance left
 		}
 		r := c.retired[m.name]
 		if r == nil {
-			r = make([]uint64, len(c.kinds))
+			r = make([]uint64, c.width)
 			c.retired[m.name] = r
 		}
 		addTo(r, m.last)
 	}
-	for name := range c.retired {
-		if !liveNames[name] {
+	for name, r := range c.retired {
+		if s := totals[name]; s != nil {
+			addTo(s, r)
+		} else {
 			delete(c.retired, name)
 		}
 	}
+	// Until here the instances read stay alive, so no concurrent refresh
+	// finds every instance of a name gone and forgets the total meanwhile.
+	runtime.KeepAlive(keep)
+	return names, totals
 }
 
 func addTo(dst, src []uint64) {
@@ -100,30 +203,25 @@ func addTo(dst, src []uint64) {
 }
 
 // Describe implements [prometheus.Collector].
-func (c *Counters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *Counters) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
 
 // Collect implements [prometheus.Collector].
 func (c *Counters) Collect(ch chan<- prometheus.Metric) {
-	var names []string
-	byName := map[string][]uint64{}
-	c.mu.Lock()
-	c.refreshLocked()
-	for _, m := range c.members {
-		s := byName[m.name]
-		if s == nil {
-			s = make([]uint64, len(c.kinds))
-			byName[m.name] = s
-			names = append(names, m.name)
-		}
-		addTo(s, m.last)
-	}
-	for name, r := range c.retired {
-		addTo(byName[name], r) // refreshLocked kept only names with members
-	}
-	c.mu.Unlock()
+	names, totals := c.refresh()
 	for _, name := range names {
-		for i, v := range byName[name] {
-			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), name, c.kinds[i])
+		values := totals[name]
+		for i, f := range c.families {
+			if f.Label == "" {
+				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(values[0]), name)
+			}
+			for k, kind := range f.Kinds {
+				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(values[k]), name, kind)
+			}
+			values = values[f.width():]
 		}
 	}
 }

@@ -28,9 +28,12 @@ func RegisterDecisions(reg prometheus.Registerer, name string, read func(dst []u
 	if reg == nil {
 		return
 	}
-	metrics.Register(reg, metrics.NewCounters("bulwark_ratelimit_decisions_total",
-		"Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).",
-		"decision", "allowed", "denied", "error")).Add(name, read)
+	metrics.Register(reg, metrics.NewCounters(metrics.Family{
+		Name:  "bulwark_ratelimit_decisions_total",
+		Help:  "Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).",
+		Label: "decision",
+		Kinds: []string{"allowed", "denied", "error"},
+	})).Add(name, read)
 }
 
 // Counts are the decisions of one limiter, for a limiter that counts them
