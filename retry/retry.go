@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -277,7 +275,7 @@ func (p *Policy) initMetrics(reg prometheus.Registerer) {
 	if reg == nil {
 		return
 	}
-	metrics.Register(reg, newCollector()).add(p)
+	metrics.AddInstance(metrics.Register(reg, newCounters()), p.name, p, (*Policy).readCounters)
 	if p.budget != nil {
 		b := p.budget
 		metrics.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -288,140 +286,31 @@ func (p *Policy) initMetrics(reg prometheus.Registerer) {
 	}
 }
 
-// collector reports attempts_total and calls_total for every policy
-// registered with it, read from the policies at scrape time. It holds them
-// weakly; policies that share a name are summed. So that a name's counters
-// never go down when one of its policies is garbage collected (Prometheus
-// would read a reset), the collector remembers what it last read from each
-// policy and keeps that in the name's total while another policy of the name
-// lives; calls a collected policy ended after the scrape before its
-// collection are not counted. A name whose policies are all gone leaves the
-// output, so memory follows the live policies.
-type collector struct {
-	attempts, calls *prometheus.Desc
-
-	mu      sync.Mutex
-	members []member
-	retired map[string]*sums // read from collected policies, by name
+// newCounters returns the collector of attempts_total and calls_total, in
+// the order readCounters fills.
+func newCounters() *metrics.Counters {
+	return metrics.NewCounters(
+		metrics.Family{
+			Name: "bulwark_retry_attempts_total",
+			Help: "Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.",
+		},
+		metrics.Family{
+			Name:  "bulwark_retry_calls_total",
+			Help:  "Calls through retry policies by result: first_try, after_retry, exhausted, not_retryable, budget_exhausted or canceled.",
+			Label: "result",
+			Kinds: resultLabels[:],
+		},
+	)
 }
 
-// sums are the counters of one policy, or of the policies of one name.
-type sums struct {
-	attempts uint64
-	results  [numResults]uint64
-}
-
-func (s *sums) add(o *sums) {
-	s.attempts += o.attempts
-	for r := range s.results {
-		s.results[r] += o.results[r]
-	}
-}
-
-type member struct {
-	p    weak.Pointer[Policy]
-	name string
-	last sums // what the last scrape read from p
-}
-
-func newCollector() *collector {
-	return &collector{
-		attempts: prometheus.NewDesc("bulwark_retry_attempts_total",
-			"Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.",
-			[]string{"name"}, nil),
-		calls: prometheus.NewDesc("bulwark_retry_calls_total",
-			"Calls through retry policies by result: first_try, after_retry, exhausted, not_retryable, budget_exhausted or canceled.",
-			[]string{"name", "result"}, nil),
-		retired: map[string]*sums{},
-	}
-}
-
-func (c *collector) add(p *Policy) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.pruneLocked() // memory follows the live policies even without scrapes
-	c.members = append(c.members, member{p: weak.Make(p), name: p.name})
-}
-
-// pruneLocked drops the collected policies, keeping what was last read from
-// each in its name's retired total while the name has a live policy, and
-// forgets the retired totals of names that have none; mu is held.
-func (c *collector) pruneLocked() {
-	liveNames := map[string]bool{}
-	live := c.members[:0]
-	var dead []member
-	for _, m := range c.members {
-		if m.p.Value() == nil {
-			dead = append(dead, m)
-			continue
-		}
-		liveNames[m.name] = true
-		live = append(live, m)
-	}
-	clear(c.members[len(live):])
-	c.members = live
-	for _, m := range dead {
-		if !liveNames[m.name] {
-			continue
-		}
-		r := c.retired[m.name]
-		if r == nil {
-			r = &sums{}
-			c.retired[m.name] = r
-		}
-		r.add(&m.last)
-	}
-	for name := range c.retired {
-		if !liveNames[name] {
-			delete(c.retired, name)
-		}
-	}
-}
-
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.attempts
-	ch <- c.calls
-}
-
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	var names []string
-	byName := map[string]*sums{}
-	c.mu.Lock()
-	c.pruneLocked()
-	for i := range c.members {
-		m := &c.members[i]
-		p := m.p.Value()
-		if p == nil {
-			continue // collected since the prune: its last reading stands
-		}
-		// Read first-try successes before the other attempts: both only
-		// grow, so the sum never goes backwards between scrapes.
-		firstTry := p.results[resFirstTry].Load()
-		m.last.attempts = firstTry + p.otherAttempts.Load()
-		m.last.results[resFirstTry] = firstTry
-		for r := resFirstTry + 1; r < numResults; r++ {
-			m.last.results[r] = p.results[r].Load()
-		}
-	}
-	for i := range c.members {
-		m := &c.members[i]
-		s := byName[m.name]
-		if s == nil {
-			s = &sums{}
-			byName[m.name] = s
-			names = append(names, m.name)
-		}
-		s.add(&m.last)
-	}
-	for name, r := range c.retired {
-		byName[name].add(r) // pruneLocked kept only names with members
-	}
-	c.mu.Unlock()
-	for _, name := range names {
-		s := byName[name]
-		ch <- prometheus.MustNewConstMetric(c.attempts, prometheus.CounterValue, float64(s.attempts), name)
-		for r, v := range s.results {
-			ch <- prometheus.MustNewConstMetric(c.calls, prometheus.CounterValue, float64(v), name, resultLabels[r])
-		}
+// readCounters adds p's attempts, then its calls by result, to dst.
+func (p *Policy) readCounters(dst []uint64) {
+	// Read first-try successes before the other attempts: both only grow,
+	// so the sum never goes backwards between scrapes.
+	firstTry := p.results[resFirstTry].Load()
+	dst[0] += firstTry + p.otherAttempts.Load()
+	dst[1+resFirstTry] += firstTry
+	for r := resFirstTry + 1; r < numResults; r++ {
+		dst[1+r] += p.results[r].Load()
 	}
 }
