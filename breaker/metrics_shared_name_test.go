@@ -235,11 +235,9 @@ func TestMetricsNameGoneWithItsLastBreaker(t *testing.T) {
 			require.NotEqual(t, "short-lived", m.GetLabel()[0].GetValue(), mf.GetName())
 		}
 	}
-	c := metrics.Register(reg, newStateCollector())
-	c.mu.Lock()
-	require.Len(t, c.members, 1)
-	require.Empty(t, c.retired)
-	c.mu.Unlock()
+	breakers, retired := metrics.Register(reg, newCounters()).Len()
+	require.Equal(t, 1, breakers)
+	require.Zero(t, retired)
 	runtime.KeepAlive(keep)
 }
 
