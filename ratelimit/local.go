@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
@@ -157,20 +156,7 @@ func NewLocal(name string, r rate.Limit, burst int, opts ...Option) *Local {
 		seed:   maphash.MakeSeed(),
 	}
 	l.epoch = l.clk.Now()
-	if c.reg != nil {
-		w := weak.Make(l)
-		rlmetrics.RegisterDecisions(c.reg, name, func(dst []uint64) bool {
-			l := w.Value()
-			if l == nil {
-				return false
-			}
-			for i := range l.shards {
-				dst[rlmetrics.Allowed] += l.shards[i].allowed.Load()
-				dst[rlmetrics.Denied] += l.shards[i].denied.Load()
-			}
-			return true
-		})
-	}
+	rlmetrics.RegisterDecisions(c.reg, name, l, (*Local).readDecisions)
 	if r != rate.Inf {
 		l.window = durationFor(float64(burst), r)
 	}
@@ -185,6 +171,14 @@ func NewLocal(name string, r rate.Limit, burst int, opts ...Option) *Local {
 		s.lru.next, s.lru.prev = &s.lru, &s.lru
 	}
 	return l
+}
+
+// readDecisions adds the decisions counted in every shard to dst.
+func (l *Local) readDecisions(dst []uint64) {
+	for i := range l.shards {
+		dst[rlmetrics.Allowed] += l.shards[i].allowed.Load()
+		dst[rlmetrics.Denied] += l.shards[i].denied.Load()
+	}
 }
 
 // Name returns the limiter's name.

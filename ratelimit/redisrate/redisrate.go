@@ -10,7 +10,6 @@ import (
 	"math"
 	"strings"
 	"time"
-	"weak"
 
 	"github.com/bulwark-go/bulwark/ratelimit"
 	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
@@ -205,15 +204,7 @@ func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts .
 		burstArg:    burst,
 		store:       rlmetrics.NewStoreSeconds(c.reg, name),
 	}
-	w := weak.Make(l)
-	rlmetrics.RegisterDecisions(c.reg, name, func(dst []uint64) bool {
-		l := w.Value()
-		if l == nil {
-			return false
-		}
-		l.counts.Read(dst)
-		return true
-	})
+	rlmetrics.RegisterDecisions(c.reg, name, l, func(l *Limiter, dst []uint64) { l.counts.Read(dst) })
 	return l
 }
 

@@ -20,20 +20,20 @@ const (
 )
 
 // RegisterDecisions registers (or reuses) bulwark_ratelimit_decisions_total
-// on reg and reports through it the counts of one limiter called name, which
-// read fills (indexed by Allowed, Denied and Error) and which returns false
-// once the limiter is gone; see [metrics.Counters]. A nil reg reports
-// nothing.
-func RegisterDecisions(reg prometheus.Registerer, name string, read func(dst []uint64) bool) {
+// on reg and reports through it the counts of l, a limiter called name, which
+// read adds to dst (indexed by Allowed, Denied and Error). The collector holds
+// l weakly; see [metrics.Counters]. A nil reg reports nothing.
+func RegisterDecisions[L any](reg prometheus.Registerer, name string, l *L, read func(l *L, dst []uint64)) {
 	if reg == nil {
 		return
 	}
-	metrics.Register(reg, metrics.NewCounters(metrics.Family{
+	c := metrics.NewCounters(metrics.Family{
 		Name:  "bulwark_ratelimit_decisions_total",
 		Help:  "Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).",
 		Label: "decision",
 		Kinds: []string{"allowed", "denied", "error"},
-	})).Add(name, read)
+	})
+	metrics.AddInstance(metrics.Register(reg, c), name, l, read)
 }
 
 // Counts are the decisions of one limiter, for a limiter that counts them
