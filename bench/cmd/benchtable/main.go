@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"regexp"
@@ -67,8 +68,10 @@ type target struct {
 	ratio   bound  // on the group's metric, against its reference
 	allocs  bound  // allocs/op
 	// addedAllocs bounds the allocs/op added to the group's floor (its
-	// reference when it has no floor).
+	// reference when it has no floor); addedPerOp bounds what is added to
+	// the floor in other units.
 	addedAllocs bound
+	addedPerOp  map[string]bound
 	// than names a variant doing comparable work: thanRatio bounds the ns/op
 	// this variant adds to the floor (or reference) over the ns/op than adds.
 	than      string
@@ -570,13 +573,11 @@ func (t *table) check(g *group, tg target, k id) string {
 		add(fmt.Sprintf("ns/op added to %s, ratio to what %s adds", g.base(), tg.than),
 			v/w, ok1 && ok2 && w > 0, tg.thanRatio)
 	}
-	for _, unit := range slices.Sorted(func(yield func(string) bool) {
-		for u := range tg.perOp {
-			if !yield(u) {
-				return
-			}
-		}
-	}) {
+	for _, unit := range slices.Sorted(maps.Keys(tg.addedPerOp)) {
+		v, ok := t.added(g, k, unit)
+		add(unit+" added to "+g.base(), v, ok, tg.addedPerOp[unit])
+	}
+	for _, unit := range slices.Sorted(maps.Keys(tg.perOp)) {
 		v, ok := s.value(unit)
 		add(unit, v, ok, tg.perOp[unit])
 	}

@@ -22,11 +22,12 @@
 // benchmark measures what it costs to do so. Each measurement prints one line
 // in the format of go test -bench, for cmd/benchtable:
 //
-//	BenchmarkHTTPLoopback/<variant>/50conns-<GOMAXPROCS> <requests> <ns> ns/op <r> req/s <p50> p50-µs <p99> p99-µs <n> srv-allocs/op <n> allocs/op <n> B/op
+//	BenchmarkHTTPLoopback/<variant>/50conns-<GOMAXPROCS> <requests> <ns> ns/op <r> req/s <p50> p50-µs <p99> p99-µs <n> srv-allocs/op <n> cli-allocs/op <n> allocs/op <n> B/op
 //
 // where ns/op is the wall time per request (the inverse of the rate),
-// allocs/op and B/op count the allocations of both processes per request
-// and srv-allocs/op those of the server alone.
+// allocs/op and B/op count the allocations of both processes per request,
+// srv-allocs/op those of the server alone and cli-allocs/op those of the
+// client alone.
 //
 // Usage:
 //
@@ -203,10 +204,11 @@ func measureOne(ctx context.Context, c config, p *proto, variant string, t targe
 // writeResult prints res as a go test -bench line.
 func writeResult(w io.Writer, name, unit string, res *result) {
 	n := float64(res.requests)
-	fmt.Fprintf(w, "Benchmark%s\t%d\t%.0f ns/op\t%.0f %s\t%.1f p50-µs\t%.1f p99-µs\t%.1f srv-allocs/op\t%.1f allocs/op\t%.0f B/op\n",
+	fmt.Fprintf(w, "Benchmark%s\t%d\t%.0f ns/op\t%.0f %s\t%.1f p50-µs\t%.1f p99-µs\t%.1f srv-allocs/op\t%.1f cli-allocs/op\t%.1f allocs/op\t%.0f B/op\n",
 		name, res.requests, float64(res.elapsed.Nanoseconds())/n, res.rate(), unit,
 		res.hist.quantile(0.50)/1e3, res.hist.quantile(0.99)/1e3,
 		float64(res.server.mallocs)/n,
+		float64(res.allocs.mallocs)/n,
 		float64(res.server.mallocs+res.allocs.mallocs)/n,
 		float64(res.server.bytes+res.allocs.bytes)/n)
 }

@@ -79,9 +79,9 @@ func TestRun(t *testing.T) {
 	require.Len(t, lines, 2*(len(protos[0].variants)+len(protos[1].variants)))
 	for _, l := range lines {
 		f := strings.Fields(l)
-		require.Len(t, f, 16, l)
+		require.Len(t, f, 18, l)
 		require.True(t, strings.HasPrefix(f[0], "BenchmarkHTTPLoopback/") || strings.HasPrefix(f[0], "BenchmarkGRPCLoopback/"), l)
-		for i, unit := range []string{"ns/op", "", "p50-µs", "p99-µs", "srv-allocs/op", "allocs/op", "B/op"} {
+		for i, unit := range []string{"ns/op", "", "p50-µs", "p99-µs", "srv-allocs/op", "cli-allocs/op", "allocs/op", "B/op"} {
 			if unit != "" {
 				require.Equal(t, unit, f[3+2*i], l)
 			}
