@@ -101,6 +101,7 @@ type Local struct {
 	clk    clock.Clock
 	epoch  time.Time // bucket times are nanoseconds since epoch (monotonic)
 	seed   maphash.Seed
+	_      [64]byte // the fields above are read by every decision
 	shards [numShards]shard
 }
 
@@ -124,6 +125,9 @@ type entry struct {
 	// gen together, even when its key came back to the same entry.
 	gen uint64
 	bucket
+	// Two keys' entries never share a cache line, so that decisions for
+	// different keys on different cores do not invalidate each other.
+	_ [16]byte
 }
 
 // bucket is one key's token bucket: tokens as they stood at last, a clock
