@@ -29,20 +29,26 @@ const (
 )
 
 // The state word packs what the fast path must read and change together:
-// calls in flight (bits 0–31), the limit (bits 32–62) and whether any caller
-// is queued (bit 63). While the queued bit is set nobody takes a slot
+// the limit (bits 0–30), whether any caller is queued (bit 31) and calls in
+// flight (bits 32–63). While the queued bit is set nobody takes a slot
 // without holding mu, so that a freed slot goes to the head of the queue and
 // never to a newcomer; a release is always one atomic subtraction, followed,
-// when the bit is set, by a hand-off under mu.
+// when the bit is set, by a hand-off under mu. In-flight calls sit in the top
+// bits so that a release of a permit nobody holds wraps the count alone and
+// never borrows from the limit or the queued bit.
 const (
-	inFlightMask = 1<<32 - 1
-	limitShift   = 32
-	limitMask    = MaxLimit << limitShift
-	queuedBit    = 1 << 63
+	limitMask     = MaxLimit
+	queuedBit     = 1 << 31
+	inFlightShift = 32
+	oneInFlight   = 1 << inFlightShift
+	// releaseOne added to the word is one call in flight less.
+	releaseOne = ^uint64(oneInFlight) + 1
+	// belowZero is the in-flight count of a release that found none.
+	belowZero = 1<<(64-inFlightShift) - 1
 )
 
-func inFlightOf(s uint64) uint64 { return s & inFlightMask }
-func limitOf(s uint64) uint64    { return (s & limitMask) >> limitShift }
+func inFlightOf(s uint64) uint64 { return s >> inFlightShift }
+func limitOf(s uint64) uint64    { return s & limitMask }
 
 // Bulkhead limits the number of calls in flight and queues callers, in FIFO
 // order and for a bounded time, when the limit is reached.
@@ -153,7 +159,7 @@ func New(name string, opts ...Option) *Bulkhead {
 	if b.maxWait <= 0 {
 		b.queueSize = 0
 	}
-	b.state.Store(uint64(cfg.limit) << limitShift)
+	b.state.Store(uint64(cfg.limit))
 
 	hint := DefaultRetryAfter
 	if b.queueSize > 0 {
@@ -225,7 +231,7 @@ func (b *Bulkhead) Acquire(ctx context.Context) (Permit, error) {
 		if s&queuedBit != 0 || inFlightOf(s) >= limitOf(s) {
 			return b.acquireSlow(ctx)
 		}
-		if b.state.CompareAndSwap(s, s+1) {
+		if b.state.CompareAndSwap(s, s+oneInFlight) {
 			return Permit{b: b}, nil
 		}
 	}
@@ -269,7 +275,7 @@ func (b *Bulkhead) acquireSlow(ctx context.Context) (Permit, error) {
 			break
 		}
 		if inFlightOf(s) < limitOf(s) {
-			if b.state.CompareAndSwap(s, s+1) {
+			if b.state.CompareAndSwap(s, s+oneInFlight) {
 				b.mu.Unlock()
 				return Permit{b: b}, nil
 			}
@@ -328,10 +334,9 @@ func (b *Bulkhead) canceledWait(err error) error {
 }
 
 func (b *Bulkhead) release() {
-	s := b.state.Add(^uint64(0)) // one less in flight
-	if inFlightOf(s) == inFlightMask {
-		b.state.Add(1) // undo the borrow from the limit bits
-		panic("bulkhead: Release of a permit that is not held")
+	s := b.state.Add(releaseOne)
+	if inFlightOf(s) == belowZero {
+		b.unheld()
 	}
 	if s&queuedBit != 0 {
 		b.mu.Lock()
@@ -343,11 +348,23 @@ func (b *Bulkhead) release() {
 // releaseLocked frees one slot held by a caller that holds mu and passes it
 // on to the queue.
 func (b *Bulkhead) releaseLocked() {
-	if inFlightOf(b.state.Add(^uint64(0))) == inFlightMask {
-		b.state.Add(1)
-		panic("bulkhead: Release of a permit that is not held")
+	if inFlightOf(b.state.Add(releaseOne)) == belowZero {
+		b.mu.Unlock()
+		b.unheld()
 	}
 	b.admitLocked()
+}
+
+// unheld undoes the release of a slot that was not held — the count went
+// below zero — and panics. Newcomers that saw the wrapped count in the
+// meantime may have queued behind it: they are admitted first.
+func (b *Bulkhead) unheld() {
+	if b.state.Add(oneInFlight)&queuedBit != 0 {
+		b.mu.Lock()
+		b.admitLocked()
+		b.mu.Unlock()
+	}
+	panic("bulkhead: Release of a permit that is not held")
 }
 
 // admitLocked grants free slots to queued callers, head first, while calls
@@ -360,7 +377,7 @@ func (b *Bulkhead) admitLocked() {
 		if inFlightOf(s) >= limitOf(s) {
 			return
 		}
-		b.state.Add(1)
+		b.state.Add(oneInFlight)
 		b.grant(b.head)
 	}
 }
@@ -375,7 +392,7 @@ func (b *Bulkhead) SetLimit(n int) {
 	defer b.mu.Unlock()
 	for {
 		s := b.state.Load()
-		if b.state.CompareAndSwap(s, s&^limitMask|uint64(n)<<limitShift) {
+		if b.state.CompareAndSwap(s, s&^limitMask|uint64(n)) {
 			break
 		}
 	}

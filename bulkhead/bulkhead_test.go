@@ -518,6 +518,45 @@ func TestDoubleRelease(t *testing.T) {
 	requireEmpty(t, b)
 }
 
+// A release that finds no slot held wraps the in-flight count alone: while
+// it is undone, other callers still read the right limit and queued bit.
+func TestReleaseBelowZeroKeepsLimitAndQueue(t *testing.T) {
+	for _, s := range []uint64{0, queuedBit, 5, queuedBit | MaxLimit, 7*oneInFlight | queuedBit} {
+		if inFlightOf(s) != 0 {
+			continue
+		}
+		w := s + releaseOne
+		require.Equal(t, uint64(belowZero), inFlightOf(w), "%#x", s)
+		require.Equal(t, limitOf(s), limitOf(w), "%#x", s)
+		require.Equal(t, s&queuedBit, w&queuedBit, "%#x", s)
+		require.Equal(t, s, w+oneInFlight, "%#x", s)
+	}
+}
+
+// A released copy of a permit, with a caller queued and the limit lowered
+// to zero: the panic leaves the limit, the queue and the waiter's turn as
+// they were.
+func TestReleasedCopyWithQueue(t *testing.T) {
+	fc := clock.NewFake(time.Time{})
+	b := New("copy", WithLimit(1), WithQueue(1), WithMaxWait(time.Hour), WithClock(fc))
+	p := hold(t, b, 1)[0]
+	cp := p
+	ch := acquireAsync(context.Background(), b)
+	fc.WaitForTimers(1)
+	b.SetLimit(0)
+	p.Release()
+	require.Panics(t, cp.Release)
+	require.Equal(t, 0, b.Limit())
+	require.Equal(t, 0, b.InFlight())
+	require.Equal(t, 1, b.Queued())
+	b.SetLimit(1)
+	r := <-ch
+	require.NoError(t, r.err)
+	require.Equal(t, 1, b.InFlight())
+	r.p.Release()
+	requireEmpty(t, b)
+}
+
 func TestDoReleasesOnPanic(t *testing.T) {
 	b := New("p", WithLimit(1))
 	require.PanicsWithValue(t, "boom", func() {
