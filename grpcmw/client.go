@@ -103,6 +103,11 @@ func newClient(opts []Option) *client {
 // or give the service config no retryPolicy. grpc-go's transparent retry of
 // calls that never left the client stays on either way; it does not send the
 // request twice.
+//
+// To read the pushback trailer, each attempt passes the invoker a
+// grpc.Trailer option whose target is reused by later calls. Interceptors
+// installed after this one (nearer the network) must therefore not keep a
+// call's options once their invoker has returned, as none of grpc-go's do.
 func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 	return newClient(opts).unary
 }

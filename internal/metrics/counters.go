@@ -38,8 +38,9 @@ func (f Family) width() int { return max(1, len(f.Kinds)) }
 // and is forgotten, so memory follows the live instances; an instance given
 // the name later starts its series again from its own counts.
 //
-// Instances are read with no lock held, so a read may take locks of its own,
-// and scrapes may run at once: each value kept is the highest read so far,
+// Instances are read with no lock of the collector held (a read must not
+// block: it runs in scrapes and now and then in [Counters.Add]), and scrapes
+// may run at once: each value kept is the highest read so far,
 // whatever order concurrent scrapes finish in. Safe for concurrent use.
 type Counters struct {
 	families []Family
@@ -48,6 +49,7 @@ type Counters struct {
 
 	mu      sync.Mutex
 	members []*counterSource
+	live    int                 // members after the last refresh
 	retired map[string][]uint64 // read from collected instances, by name
 }
 
@@ -109,7 +111,16 @@ func AddInstance[T any](c *Counters, name string, v *T, read func(v *T, dst []ui
 }
 
 func (c *Counters) add(name string, read func(dst []uint64) any) {
-	c.refresh() // memory follows the live instances even without scrapes
+	// So that memory follows the live instances even without scrapes, an
+	// add refreshes once the members have doubled since the last refresh:
+	// at most twice the live instances are held, and a refresh, which
+	// reads every member, costs each add a constant on average.
+	c.mu.Lock()
+	due := len(c.members) >= 2*max(c.live, 8)
+	c.mu.Unlock()
+	if due {
+		c.refresh()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.members = append(c.members, &counterSource{name: name, read: read, last: make([]uint64, c.width)})
@@ -162,6 +173,7 @@ func (c *Counters) refresh() (names []string, totals map[string][]uint64) {
 		}
 		return gone[m]
 	})
+	c.live = len(c.members)
 	totals = map[string][]uint64{}
 	for _, m := range c.members {
 		s := totals[m.name]
