@@ -39,7 +39,7 @@ func (f Family) width() int { return max(1, len(f.Kinds)) }
 // the name later starts its series again from its own counts.
 //
 // Instances are read with no lock of the collector held (a read must not
-// block: it runs in scrapes and now and then in [Counters.Add]), and scrapes
+// block: it runs in scrapes and now and then when an instance is added), and scrapes
 // may run at once: each value kept is the highest read so far,
 // whatever order concurrent scrapes finish in. Safe for concurrent use.
 type Counters struct {
@@ -78,21 +78,6 @@ func NewCounters(fams ...Family) *Counters {
 		c.width += f.width()
 	}
 	return c
-}
-
-// Add reports the counters of one instance called name. read adds to dst,
-// which starts zeroed, the instance's values in the order of [Counters],
-// and returns false once the instance is gone; it must not hold the
-// instance strongly (read it through a weak.Pointer), or the instance is
-// never collected. Prefer [AddInstance], which also keeps an instance being
-// read alive until the scrape has summed it.
-func (c *Counters) Add(name string, read func(dst []uint64) bool) {
-	c.add(name, func(dst []uint64) any {
-		if !read(dst) {
-			return nil
-		}
-		return true // read holds its instance itself: nothing to keep
-	})
 }
 
 // AddInstance reports the counters of v, an instance called name, through

@@ -348,3 +348,18 @@ func TestCountersChurnWithConcurrentScrapes(t *testing.T) {
 	churn.Wait()
 	runtime.KeepAlive(keep)
 }
+
+// Add, for tests, reports the counters of one instance called name. read adds to dst,
+// which starts zeroed, the instance's values in the order of [Counters],
+// and returns false once the instance is gone; it must not hold the
+// instance strongly (read it through a weak.Pointer), or the instance is
+// never collected. Prefer [AddInstance], which also keeps an instance being
+// read alive until the scrape has summed it.
+func (c *Counters) Add(name string, read func(dst []uint64) bool) {
+	c.add(name, func(dst []uint64) any {
+		if !read(dst) {
+			return nil
+		}
+		return true // read holds its instance itself: nothing to keep
+	})
+}
