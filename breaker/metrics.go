@@ -16,31 +16,20 @@ type stats struct {
 	ignored        atomic.Uint64
 	rejected       atomic.Uint64
 	slow           atomic.Uint64
-	reported       atomic.Uint64 // the last success count exported
 }
 
-// successes returns the number of successful calls, never less than it
-// returned before. A closed success is seq minus closed failures; a failure
-// moves seq before closedFailures, so a scrape between the two sees one
-// success too many for a moment. Clamping keeps the exported counter
-// monotonic, and it is exact again at the next quiet moment.
+// successes returns the number of successful calls. A closed success is seq
+// minus closed failures; a failure moves seq before closedFailures, so a
+// reading between the two counts one success too many, and the next one
+// less. The exported counter still never goes back: metrics.Counters keeps
+// the highest reading, which the next quiet moment makes exact again.
 func (b *Breaker) successes() uint64 {
 	cf := b.st.closedFailures.Load()
-	v := b.seq.Load() - cf + b.st.otherSuccesses.Load()
-	for {
-		prev := b.st.reported.Load()
-		if v <= prev {
-			return prev
-		}
-		if b.st.reported.CompareAndSwap(prev, v) {
-			return v
-		}
-	}
+	return b.seq.Load() - cf + b.st.otherSuccesses.Load()
 }
 
 // readCounters adds b's calls by outcome (success, failure, ignored,
-// rejected), then its slow calls, to dst. Each only grows, so a later
-// reading is never below an earlier one.
+// rejected), then its slow calls, to dst.
 func (b *Breaker) readCounters(dst []uint64) {
 	dst[0] += b.successes()
 	dst[1] += b.st.closedFailures.Load() + b.st.otherFailures.Load()
