@@ -162,13 +162,10 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 	opts := []Option{WithRegisterer(reg), WithClock(clk), WithSlowCalls(time.Second, 1), WithConsecutiveFailures(1)}
 	keep := New("gc", opts...)
 	feed(t, keep, clk, "si")
-	wp := func() weak.Pointer[Breaker] {
-		gone := New("gc", opts...)
-		feed(t, gone, clk, "sSif") // the failure opens it
-		_, err := gone.Allow()
-		require.ErrorIs(t, err, ErrOpen)
-		return weak.Make(gone)
-	}()
+	gone := New("gc", opts...)
+	feed(t, gone, clk, "sSif") // the failure opens it
+	_, err := gone.Allow()
+	require.ErrorIs(t, err, ErrOpen)
 	want := map[string]float64{
 		"bulwark_breaker_calls_total,outcome=success":           3,
 		"bulwark_breaker_calls_total,outcome=failure":           1,
@@ -177,10 +174,14 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 		"bulwark_breaker_slow_calls_total":                      1,
 		"bulwark_breaker_transitions_total,from=closed,to=open": 1,
 	}
+	// gone lives through this scrape: what a breaker counted after the last
+	// scrape before its collection is lost, by design.
 	before := gatheredCounters(t, reg, "gc")
 	require.Equal(t, want, before)
 	require.Equal(t, 1.0, gatheredState(t, reg, "gc", "open"))
 
+	wp := weak.Make(gone)
+	gone = nil
 	collect(t, wp)
 	after := gatheredCounters(t, reg, "gc")
 	for k, v := range before {
@@ -206,21 +207,22 @@ func TestMetricsNameGoneWithItsLastBreaker(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	keep := New("kept", WithRegisterer(reg))
 	var survivor *Breaker // the name's last breaker, dropped second
-	twin := func() weak.Pointer[Breaker] {
-		var b *Breaker
-		for range 2 {
-			b = New("short-lived", WithRegisterer(reg))
-			p, err := b.Allow()
-			require.NoError(t, err)
-			p.Done(nil)
-			if survivor == nil {
-				survivor = b
-			}
+	var twin *Breaker     // dropped first
+	for range 2 {
+		b := New("short-lived", WithRegisterer(reg))
+		p, err := b.Allow()
+		require.NoError(t, err)
+		p.Done(nil)
+		if survivor == nil {
+			survivor = b
+		} else {
+			twin = b
 		}
-		return weak.Make(b)
-	}()
+	}
 	require.Equal(t, 2.0, gatheredCounters(t, reg, "short-lived")["bulwark_breaker_calls_total,outcome=success"])
-	collect(t, twin)
+	wt := weak.Make(twin)
+	twin = nil
+	collect(t, wt)
 	require.Equal(t, 2.0, gatheredCounters(t, reg, "short-lived")["bulwark_breaker_calls_total,outcome=success"])
 	wp := weak.Make(survivor)
 	survivor = nil

@@ -212,12 +212,11 @@ func TestCountersAddInstanceAcrossGC(t *testing.T) {
 	cs := Register(reg, newTwoFamilies())
 	keep := &instance{n: [4]uint64{1, 1, 0, 0}}
 	AddInstance(cs, "x", keep, readInstance)
-	wp := func() weak.Pointer[instance] {
-		gone := &instance{n: [4]uint64{2, 0, 1, 0}}
-		AddInstance(cs, "x", gone, readInstance)
-		return weak.Make(gone)
-	}()
-	expectTwoFamilies(t, reg, "x", 3, 1, 1, 0)
+	gone := &instance{n: [4]uint64{2, 0, 1, 0}}
+	AddInstance(cs, "x", gone, readInstance)
+	expectTwoFamilies(t, reg, "x", 3, 1, 1, 0) // gone lives through this scrape
+	wp := weak.Make(gone)
+	gone = nil
 	collectInstance(t, wp)
 	expectTwoFamilies(t, reg, "x", 3, 1, 1, 0)
 	keep.n[0]++
