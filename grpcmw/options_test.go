@@ -1,6 +1,7 @@
 package grpcmw_test
 
 import (
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -44,4 +45,5 @@ bulwark_breaker_state{name="dns:///ledger:443",state="half_open"} 0
 bulwark_breaker_state{name="dns:///ledger:443",state="open"} 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "bulwark_breaker_state"))
+	runtime.KeepAlive(got) // collectors hold breakers weakly
 }

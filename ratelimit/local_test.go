@@ -431,6 +431,8 @@ bulwark_ratelimit_decisions_total{decision="error",name="b"} 0
 	require.NoError(t, err)
 	require.Empty(t, problems)
 	require.Equal(t, 6, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+	runtime.KeepAlive(a) // collectors hold limiters weakly
+	runtime.KeepAlive(b)
 }
 
 // A cancelled WaitN gives its tokens back only to the bucket it reserved
@@ -529,4 +531,5 @@ bulwark_ratelimit_decisions_total{decision="allowed",name="many"} 1600
 bulwark_ratelimit_decisions_total{decision="denied",name="many"} 0
 bulwark_ratelimit_decisions_total{decision="error",name="many"} 0
 `), "bulwark_ratelimit_decisions_total"))
+	runtime.KeepAlive(l) // collectors hold limiters weakly
 }

@@ -114,6 +114,8 @@ bulwark_retry_budget_tokens{name="tight"} 1
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
+	runtime.KeepAlive(p) // collectors hold policies weakly
+	runtime.KeepAlive(tight)
 }
 
 // Policies that share a name on one registry are reported together, and a

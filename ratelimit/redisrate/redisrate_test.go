@@ -543,8 +543,10 @@ func TestDoAndMetrics(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 	// The local limiter's collectors are the same ones.
-	ratelimit.NewLocal("local", 1, 1, ratelimit.WithRegisterer(reg))
+	local := ratelimit.NewLocal("local", 1, 1, ratelimit.WithRegisterer(reg))
 	require.Equal(t, 6, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
+	runtime.KeepAlive(local) // collectors hold limiters weakly
+	runtime.KeepAlive(l)
 	require.False(t, errors.Is(err, ErrUnavailable))
 }
 
