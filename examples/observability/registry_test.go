@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -67,7 +68,7 @@ func exposed(t *testing.T) (*prometheus.Registry, map[string]family) {
 	// I/O until a decision: no server is needed to see its series.
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
 	defer rdb.Close()
-	redisrate.New("shared-api", rdb, rate.Limit(10), 1, redisrate.WithRegisterer(reg))
+	shared := redisrate.New("shared-api", rdb, rate.Limit(10), 1, redisrate.WithRegisterer(reg))
 
 	g := idempotency.New("orders", nil, idempotency.WithRegisterer(reg))
 	out, err := g.Begin(ctx, idempotency.Request{Method: "POST", Route: "/orders", Key: "k1"})
@@ -76,6 +77,13 @@ func exposed(t *testing.T) (*prometheus.Registry, map[string]family) {
 
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
+	// Collectors hold breakers, policies, bulkheads and limiters weakly:
+	// each must live until the scrape has read it.
+	runtime.KeepAlive(br)
+	runtime.KeepAlive(rp)
+	runtime.KeepAlive(bh)
+	runtime.KeepAlive(local)
+	runtime.KeepAlive(shared)
 	got := map[string]family{}
 	for _, mf := range mfs {
 		f := family{Name: mf.GetName(), Type: strings.ToLower(mf.GetType().String()), Help: mf.GetHelp(), Values: map[string][]string{}}
