@@ -81,29 +81,7 @@ bulwark_breaker_calls_total{name="twin",outcome="success"} 2
 
 func gatheredState(t *testing.T, reg prometheus.Gatherer, name, state string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "bulwark_breaker_state" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var n, s string
-			for _, lp := range m.GetLabel() {
-				switch lp.GetName() {
-				case "name":
-					n = lp.GetValue()
-				case "state":
-					s = lp.GetValue()
-				}
-			}
-			if n == name && s == state {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no bulwark_breaker_state{name=%q,state=%q}", name, state)
-	return 0
+	return gathered(t, reg, "bulwark_breaker_state", name, "state", state)
 }
 
 // collect drops every reference the caller gave up: it runs the garbage

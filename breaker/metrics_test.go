@@ -74,9 +74,14 @@ bulwark_breaker_transitions_total{from="open",name="payments",to="half_open"} 1
 	runtime.KeepAlive(other)
 }
 
-// gathered returns the value of the gauge metric for the breaker name on reg.
-func gathered(t *testing.T, reg prometheus.Gatherer, metric, name string) float64 {
+// gathered returns the value of the gauge metric for the breaker name on
+// reg, in the series whose other labels match labels (name, value pairs).
+func gathered(t *testing.T, reg prometheus.Gatherer, metric, name string, labels ...string) float64 {
 	t.Helper()
+	want := map[string]string{"name": name}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
@@ -84,12 +89,18 @@ func gathered(t *testing.T, reg prometheus.Gatherer, metric, name string) float6
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == name {
+			matched := 0
+			for _, lp := range m.GetLabel() {
+				if v, ok := want[lp.GetName()]; ok && v == lp.GetValue() {
+					matched++
+				}
+			}
+			if matched == len(want) {
 				return m.GetGauge().GetValue()
 			}
 		}
 	}
-	t.Fatalf("no %s{name=%q}", metric, name)
+	t.Fatalf("no %s%v", metric, want)
 	return 0
 }
 
