@@ -214,9 +214,10 @@ func (c *Counters) Collect(ch chan<- prometheus.Metric) {
 		for i, f := range c.families {
 			if f.Label == "" {
 				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(values[0]), name)
-			}
-			for k, kind := range f.Kinds {
-				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(values[k]), name, kind)
+			} else {
+				for k, kind := range f.Kinds {
+					ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(values[k]), name, kind)
+				}
 			}
 			values = values[f.width():]
 		}
