@@ -521,10 +521,7 @@ func TestDoubleRelease(t *testing.T) {
 // A release that finds no slot held wraps the in-flight count alone: while
 // it is undone, other callers still read the right limit and queued bit.
 func TestReleaseBelowZeroKeepsLimitAndQueue(t *testing.T) {
-	for _, s := range []uint64{0, queuedBit, 5, queuedBit | MaxLimit, 7*oneInFlight | queuedBit} {
-		if inFlightOf(s) != 0 {
-			continue
-		}
+	for _, s := range []uint64{0, queuedBit, 5, queuedBit | MaxLimit} {
 		w := s + releaseOne
 		require.Equal(t, uint64(belowZero), inFlightOf(w), "%#x", s)
 		require.Equal(t, limitOf(s), limitOf(w), "%#x", s)
