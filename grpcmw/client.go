@@ -131,7 +131,8 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 	// One trailer capture serves every attempt of the call.
 	st := c.states.Get().(*callState)
 	defer c.putState(st)
-	l := c.retry.BeginN(ctx, co.maxAttempts)
+	var l retry.Loop
+	c.retry.BeginIn(&l, ctx, co.maxAttempts)
 	for {
 		actx, cancel := l.Context()
 		if n := l.Attempt(); n > 1 {

@@ -73,7 +73,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		rs.slot = p
 	}
 	if c.retry != nil && co.maxAttempts != 1 {
-		rs.loop = c.retry.BeginN(ctx, co.maxAttempts)
+		c.retry.BeginIn(&rs.loop, ctx, co.maxAttempts)
 		rs.retrying = true
 	}
 	if err := rs.openLoop(nil); err != nil {

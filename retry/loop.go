@@ -67,17 +67,21 @@ func (p *Policy) Begin(ctx context.Context) Loop {
 	return Loop{p: p, ctx: ctx, attempt: 1, max: p.maxAttempts}
 }
 
-// BeginN is Begin for a call allowed at most maxAttempts attempts in total,
-// the first included — fewer than the policy's own limit, which it cannot
-// raise: adapters use it for per-call overrides. A call that uses them up
-// ends as Exhausted, like one that uses up the policy's. maxAttempts < 1
-// means the policy's limit.
-func (p *Policy) BeginN(ctx context.Context, maxAttempts int) Loop {
-	l := p.Begin(ctx)
+// BeginIn starts a call in *l, overwriting it, allowed at most maxAttempts
+// attempts in total, the first included — fewer than the policy's own limit,
+// which it cannot raise: adapters use it for per-call overrides. A call that
+// uses them up ends as Exhausted, like one that uses up the policy's.
+// maxAttempts < 1 means the policy's limit.
+//
+// It is Begin for adapters on a hot path: a Loop returned by value is built
+// and then copied into the caller's variable, which costs a call that
+// succeeds at once about as much as the rest of its loop.
+func (p *Policy) BeginIn(l *Loop, ctx context.Context, maxAttempts int) {
+	*l = Loop{}
+	l.p, l.ctx, l.attempt, l.max = p, ctx, 1, p.maxAttempts
 	if maxAttempts >= 1 && maxAttempts < l.max {
 		l.max = maxAttempts
 	}
-	return l
 }
 
 func noCancel() {}

@@ -110,11 +110,12 @@ func TestLoopAttemptContextWithTimeout(t *testing.T) {
 
 // A per-call cap lowers the policy's attempts, never raises them, and ends
 // the call as exhausted (not as a non-retryable error).
-func TestBeginN(t *testing.T) {
+func TestBeginIn(t *testing.T) {
 	boom := errors.New("boom")
 	for _, tt := range []struct{ n, want int }{{1, 1}, {2, 2}, {5, 3}, {0, 3}, {-1, 3}} {
 		p := New("t", WithMaxAttempts(3), WithBackOff(constBackOff(0)), WithBudget(nil))
-		l := p.BeginN(context.Background(), tt.n)
+		var l Loop
+		p.BeginIn(&l, context.Background(), tt.n)
 		calls := 0
 		for {
 			calls++
@@ -122,10 +123,10 @@ func TestBeginN(t *testing.T) {
 				break
 			}
 		}
-		require.Equal(t, tt.want, calls, "BeginN(%d)", tt.n)
+		require.Equal(t, tt.want, calls, "BeginIn(%d)", tt.n)
 		var re *Error
 		require.ErrorAs(t, l.Err(), &re)
-		require.Equal(t, Exhausted, re.Reason, "BeginN(%d)", tt.n)
+		require.Equal(t, Exhausted, re.Reason, "BeginIn(%d)", tt.n)
 		require.Equal(t, tt.want, re.Attempts)
 	}
 }

@@ -238,7 +238,8 @@ func (p *Policy) Budget() *Budget { return p.budget }
 // Do implements [bulwark.Policy]; a call that succeeds at once does not
 // allocate.
 func (p *Policy) Do(ctx context.Context, fn func(context.Context) error) error {
-	l := p.Begin(ctx)
+	var l Loop
+	p.BeginIn(&l, ctx, 0)
 	for {
 		actx, cancel := l.Context()
 		err := fn(actx)
