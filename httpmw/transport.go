@@ -351,8 +351,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		header[IdempotencyKeyHeader] = []string{t.newKey()}
 	}
 
-	ctx := req.Context()
-	l := t.retry.Begin(ctx)
+	var l retry.Loop
+	t.retry.BeginIn(&l, req.Context(), 0)
 	for {
 		resp, err := t.trAttempt(req, &l, body, header)
 		var aerr error

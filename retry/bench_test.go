@@ -40,7 +40,8 @@ func BenchmarkDoFirstTry(b *testing.B) {
 }
 
 func loopOnce(p *Policy, ctx context.Context) error {
-	l := p.Begin(ctx)
+	var l Loop
+	p.BeginIn(&l, ctx, 0)
 	for {
 		actx, cancel := l.Context()
 		err := okCall(actx)
@@ -51,7 +52,7 @@ func loopOnce(p *Policy, ctx context.Context) error {
 	}
 }
 
-// BenchmarkLoopFirstTry: the same call driven through Begin/Loop, as the
+// BenchmarkLoopFirstTry: the same call driven through BeginIn/Loop, as the
 // HTTP and gRPC adapters do.
 func BenchmarkLoopFirstTry(b *testing.B) {
 	p := benchPolicy()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"time"
+	"unsafe"
 
 	"github.com/cenkalti/backoff/v4"
 
@@ -129,11 +130,13 @@ func (l *Loop) Decide(err error) bool {
 	p := l.p
 	if err == nil {
 		p.budget.success()
-		if l.attempt == 1 {
-			p.results[resFirstTry].Add(1)
-		} else {
-			p.results[resAfterRetry].Add(1)
-			p.otherAttempts.Add(uint64(l.attempt))
+		if t := l.tally(); t != nil {
+			if l.attempt == 1 {
+				t.results[resFirstTry].Add(1)
+			} else {
+				t.results[resAfterRetry].Add(1)
+				t.otherAttempts.Add(uint64(l.attempt))
+			}
 		}
 		l.state = stateDone
 		return false
@@ -215,6 +218,20 @@ func (l *Loop) Wait() bool {
 	return true
 }
 
+// tally returns the stripe of the policy's counters that l counts on, nil
+// when the policy has no registerer. The stripe is picked by a hash of l's
+// address: Loops live on their callers' stacks or in per-call state, so calls
+// on different goroutines mostly count on different cache lines instead of
+// all contending for one.
+func (l *Loop) tally() *tally {
+	t := l.p.tallies
+	if t == nil {
+		return nil
+	}
+	h := uint64(uintptr(unsafe.Pointer(l))) * 0x9e3779b97f4a7c15 // Fibonacci hashing
+	return &t[h>>(64-tallyBits)]
+}
+
 func (l *Loop) retryable(err error) bool {
 	if l.p.classify != nil {
 		return l.p.classify(err)
@@ -232,8 +249,10 @@ func (l *Loop) stop(r Reason) bool {
 		}
 	}
 	l.err = e
-	l.p.results[r.result()].Add(1)
-	l.p.otherAttempts.Add(uint64(l.attempt))
+	if t := l.tally(); t != nil {
+		t.results[r.result()].Add(1)
+		t.otherAttempts.Add(uint64(l.attempt))
+	}
 	l.state = stateDone
 	return false
 }

@@ -2,8 +2,10 @@ package retry
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"weak"
@@ -116,6 +118,44 @@ bulwark_retry_budget_tokens{name="tight"} 1
 	require.Empty(t, problems)
 	runtime.KeepAlive(p) // collectors hold policies weakly
 	runtime.KeepAlive(tight)
+}
+
+// Calls ending on many goroutines at once, each counted on the stripe its
+// Loop's address picks, add up exactly: every first-try success, every retried
+// success and all their attempts.
+func TestMetricsCountsExactUnderConcurrency(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	p := New("busy", WithRegisterer(reg), WithBackOff(zeroBackOff), WithBudget(nil))
+	const goroutines, calls = 64, 200
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range calls {
+				failures := int64((g + i) % 2) // every other call succeeds on its second attempt
+				fn, _ := failing(failures, errBoom)
+				if err := p.Do(context.Background(), fn); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	half := float64(goroutines * calls / 2)
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP bulwark_retry_attempts_total Attempts made by retry policies, first calls included; a call's attempts are counted when it ends.
+# TYPE bulwark_retry_attempts_total counter
+bulwark_retry_attempts_total{name="busy"} %g
+# HELP bulwark_retry_calls_total Calls through retry policies by result: first_try, after_retry, exhausted, not_retryable, budget_exhausted or canceled.
+# TYPE bulwark_retry_calls_total counter
+bulwark_retry_calls_total{name="busy",result="after_retry"} %g
+bulwark_retry_calls_total{name="busy",result="budget_exhausted"} 0
+bulwark_retry_calls_total{name="busy",result="canceled"} 0
+bulwark_retry_calls_total{name="busy",result="exhausted"} 0
+bulwark_retry_calls_total{name="busy",result="first_try"} %g
+bulwark_retry_calls_total{name="busy",result="not_retryable"} 0
+`, 3*half, half, half)), "bulwark_retry_attempts_total", "bulwark_retry_calls_total"))
+	runtime.KeepAlive(p) // collectors hold policies weakly
 }
 
 // Policies that share a name on one registry are reported together, and a

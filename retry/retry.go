@@ -56,15 +56,25 @@ type Policy struct {
 
 	wait prometheus.Observer
 
-	// Calls by result, and the attempts of calls that did not succeed at
-	// once, counted as calls end; read by a collector at scrape time, so a
-	// first-try success costs one atomic add and no metric update. The
-	// padding keeps these written words off the cache lines of the fields
-	// every call reads.
-	_             [64]byte
+	// tallies counts calls as they end, for the collector that reads them
+	// at scrape time; nil without a registerer, when nobody reads them.
+	tallies *[numTallies]tally
+}
+
+// A policy's counters are spread over numTallies stripes.
+const (
+	tallyBits  = 5
+	numTallies = 1 << tallyBits
+)
+
+// tally is one stripe of a policy's counters: calls by result, and the
+// attempts of calls that did not succeed at once. Each takes a cache line of
+// its own (the array of them is a 2 KiB heap object, so cache-line aligned),
+// so that calls ending on different cores add on different lines.
+type tally struct {
 	results       [numResults]atomic.Uint64
 	otherAttempts atomic.Uint64
-	_             [64]byte
+	_             [64 - 8*(numResults+1)]byte
 }
 
 // Option configures a [Policy].
@@ -276,6 +286,7 @@ func (p *Policy) initMetrics(reg prometheus.Registerer) {
 	if reg == nil {
 		return
 	}
+	p.tallies = new([numTallies]tally)
 	metrics.AddInstance(metrics.Register(reg, newCounters()), p.name, p, (*Policy).readCounters)
 	if p.budget != nil {
 		b := p.budget
@@ -308,10 +319,17 @@ func newCounters() *metrics.Counters {
 func (p *Policy) readCounters(dst []uint64) {
 	// Read first-try successes before the other attempts: both only grow,
 	// so the sum never goes backwards between scrapes.
-	firstTry := p.results[resFirstTry].Load()
-	dst[0] += firstTry + p.otherAttempts.Load()
-	dst[1+resFirstTry] += firstTry
-	for r := resFirstTry + 1; r < numResults; r++ {
-		dst[1+r] += p.results[r].Load()
+	var firstTry, other uint64
+	for i := range p.tallies {
+		firstTry += p.tallies[i].results[resFirstTry].Load()
 	}
+	for i := range p.tallies {
+		t := &p.tallies[i]
+		other += t.otherAttempts.Load()
+		for r := resFirstTry + 1; r < numResults; r++ {
+			dst[1+r] += t.results[r].Load()
+		}
+	}
+	dst[0] += firstTry + other
+	dst[1+resFirstTry] += firstTry
 }
