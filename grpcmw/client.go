@@ -128,17 +128,23 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		}
 		return err
 	}
-	// One trailer capture serves every attempt of the call.
+	// One trailer capture serves every attempt of the call. A panic leaves
+	// it to the garbage collector instead of the pool.
 	st := c.states.Get().(*callState)
-	defer c.putState(st)
 	var l retry.Loop
 	c.retry.BeginIn(&l, ctx, co.maxAttempts)
+	var err error
 	for {
 		actx, cancel := l.Context()
 		if n := l.Attempt(); n > 1 {
 			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 		}
-		hint, err := c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
+		var hint *bulwark.Hint
+		if c.limiter == nil && c.bulkhead == nil && b == nil { // nothing guards the attempt: one call less
+			hint, err = c.invoke(actx, method, req, reply, cc, invoker, opts, st)
+		} else {
+			hint, err = c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
+		}
 		if err == nil {
 			cancel()
 			l.Decide(nil)
@@ -147,22 +153,18 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		verdict := c.classify(ctx, actx, err, hint)
 		cancel()
 		if !l.Decide(verdict) {
-			c.reportAttempts(co, &l)
-			return err
+			break
 		}
 		if !l.Wait() {
-			c.reportAttempts(co, &l)
-			return status.FromContextError(ctx.Err()).Err()
+			err = status.FromContextError(ctx.Err()).Err()
+			break
 		}
 	}
-	c.reportAttempts(co, &l)
-	return nil
-}
-
-func (c *client) reportAttempts(co callOptions, l *retry.Loop) {
 	if co.attempts != nil {
 		*co.attempts = l.Attempt()
 	}
+	c.putState(st)
+	return err
 }
 
 // classify returns the error the retry policy decides on: err with the
@@ -244,13 +246,20 @@ func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *
 	}
 	err = invoker(ctx, method, req, reply, cc, st.with(opts)...)
 	if err != nil {
-		s, _ := status.FromError(err)
-		if h, ok := serverHint(s, st.trailer); ok {
-			hint = &h
-		}
+		hint = st.hint(err)
 	}
 	st.trailer = nil // grpc-go does not set it when an attempt fails early
 	return hint, err
+}
+
+// hint returns the retry hint the server sent with err, in the captured
+// trailer or in the status details; nil when there is none.
+func (st *callState) hint(err error) *bulwark.Hint {
+	s, _ := status.FromError(err)
+	if h, ok := serverHint(s, st.trailer); ok {
+		return &h
+	}
+	return nil
 }
 
 // throttle waits for, or asks, the limiter.
