@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,41 +28,9 @@ type waiter interface {
 type client struct {
 	config
 	waiter waiter
-	// states recycles the per-call trailer capture, so that a call that
-	// succeeds at once allocates nothing.
-	states sync.Pool
-}
-
-// callState is the trailer capture of a call: opts[0] is the option that
-// stores the trailer in trailer, and the call's own options follow it, so a
-// call without options of its own copies nothing.
-type callState struct {
-	trailer metadata.MD
-	opts    []grpc.CallOption
-}
-
-func newCallState() any {
-	st := &callState{opts: make([]grpc.CallOption, 1, 4)}
-	st.opts[0] = grpc.TrailerCallOption{TrailerAddr: &st.trailer}
-	return st
-}
-
-// with returns the options of an attempt: the trailer capture, then opts.
-func (st *callState) with(opts []grpc.CallOption) []grpc.CallOption {
-	if len(opts) > 0 || len(st.opts) > 1 {
-		st.opts = append(st.opts[:1], opts...)
-	}
-	return st.opts
-}
-
-// putState returns st to the pool, without the call's options.
-func (c *client) putState(st *callState) {
-	if len(st.opts) > 1 {
-		clear(st.opts[1:])
-		st.opts = st.opts[:1]
-	}
-	st.trailer = nil
-	c.states.Put(st)
+	// captures lends retried calls their trailer capture, so that a call
+	// that succeeds at once allocates nothing.
+	captures *captures
 }
 
 func newClient(opts []Option) *client {
@@ -71,7 +38,9 @@ func newClient(opts []Option) *client {
 	if w, ok := c.limiter.(waiter); ok {
 		c.waiter = w
 	}
-	c.states.New = newCallState
+	if c.retry != nil {
+		c.captures = newCaptures()
+	}
 	return c
 }
 
@@ -128,9 +97,9 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		}
 		return err
 	}
-	// One trailer capture serves every attempt of the call. A panic leaves
-	// it to the garbage collector instead of the pool.
-	st := c.states.Get().(*callState)
+	// One trailer capture serves every attempt of the call.
+	st := c.captures.get()
+	defer c.captures.put(st) // on a panic too: a table slot must not be lost
 	var l retry.Loop
 	c.retry.BeginIn(&l, ctx, co.maxAttempts)
 	var err error
@@ -163,7 +132,6 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 	if co.attempts != nil {
 		*co.attempts = l.Attempt()
 	}
-	c.putState(st)
 	return err
 }
 

@@ -1,0 +1,109 @@
+package grpcmw
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/bulwark-go/bulwark/retry"
+)
+
+// A capture is lent to one call at a time: under many goroutines no two
+// hold the same one, and each reads back the trailer it was given.
+func TestCapturesLendEachToOneCallAtATime(t *testing.T) {
+	cs := newCaptures()
+	var holders sync.Map // *callState → *atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Go(func() {
+			mine := metadata.Pairs("g", string(rune('A'+g%26)))
+			for range 2000 {
+				st := cs.get()
+				n, _ := holders.LoadOrStore(st, new(atomic.Int32))
+				if held := n.(*atomic.Int32).Add(1); held != 1 {
+					t.Errorf("a capture lent to %d calls at once", held)
+				}
+				if len(st.with(nil)) != 1 {
+					t.Errorf("lent with options of an earlier call")
+				}
+				st.trailer = mine // as grpc-go's Trailer option does
+				if st.trailer["g"][0] != mine["g"][0] {
+					t.Errorf("trailer overwritten while lent")
+				}
+				n.(*atomic.Int32).Add(-1)
+				cs.put(st)
+			}
+		})
+	}
+	wg.Wait()
+	for i := range cs.slots {
+		require.False(t, cs.slots[i].busy.Load(), "slot %d still lent", i)
+	}
+}
+
+// Calls beyond the table's size get captures from the pool; each one is
+// its own, and the table's slots are lent again once given back.
+func TestCapturesBeyondTheTable(t *testing.T) {
+	cs := newCaptures()
+	held := map[*callState]bool{}
+	var fromTable int
+	for range 3 * numCaptures {
+		st := cs.get()
+		require.False(t, held[st], "lent twice")
+		held[st] = true
+		if st.busy != nil {
+			fromTable++
+		}
+	}
+	require.Positive(t, fromTable)
+	require.LessOrEqual(t, fromTable, numCaptures)
+	for st := range held {
+		cs.put(st)
+	}
+	st := cs.get()
+	require.NotNil(t, st.busy, "a free slot near the first tried is lent before the pool")
+	cs.put(st)
+}
+
+// put forgets the call's trailer and options, so the next call neither
+// reads an old hint nor keeps the previous caller's options alive.
+func TestCapturesPutForgetsTheCall(t *testing.T) {
+	cs := newCaptures()
+	st := cs.get()
+	var md metadata.MD
+	opts := st.with([]grpc.CallOption{grpc.Trailer(&md)})
+	require.Len(t, opts, 2)
+	st.trailer = metadata.Pairs("grpc-retry-pushback-ms", "5")
+	cs.put(st)
+	require.Nil(t, st.trailer)
+	require.Len(t, st.opts, 1)
+	require.Nil(t, st.opts[:2][1], "the call's option is cleared, not only sliced off")
+	// The capture option still points at the state's own trailer.
+	to, ok := st.opts[0].(grpc.TrailerCallOption)
+	require.True(t, ok)
+	require.Equal(t, unsafe.Pointer(&st.trailer), unsafe.Pointer(to.TrailerAddr))
+}
+
+// An invoker that panics does not take a slot of the table with it.
+func TestCapturesGivenBackWhenTheInvokerPanics(t *testing.T) {
+	c := newClient([]Option{WithRetry(retry.New("panics"))})
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		panic("boom")
+	}
+	for range 2 * numCaptures {
+		require.Panics(t, func() { _ = c.unary(context.Background(), "/s/m", nil, nil, nil, invoker) })
+	}
+	for i := range c.captures.slots {
+		require.False(t, c.captures.slots[i].busy.Load(), "slot %d lost to a panic", i)
+	}
+}
+
+func TestCaptureSlotIsOneCacheLine(t *testing.T) {
+	require.EqualValues(t, 64, unsafe.Sizeof(captureSlot{}))
+}
