@@ -134,3 +134,16 @@ func used(c *peerKeys) int {
 	}
 	return n
 }
+
+// BenchmarkPeerKeyHit: the key of a TCP peer already in the cache.
+func BenchmarkPeerKeyHit(b *testing.B) {
+	c := newPeerKeys()
+	ctx := peerCtx(&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 40000})
+	if c.key(ctx, "") != "192.0.2.7" {
+		b.Fatal("wrong key")
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.key(ctx, "")
+	}
+}
