@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/peer"
@@ -60,6 +61,7 @@ func TestPeerKeysMatchKeyFromPeer(t *testing.T) {
 	mapped := c.key(peerCtx(&net.TCPAddr{IP: net.ParseIP("::ffff:198.51.100.1")}), "/m")
 	require.Equal(t, "198.51.100.1", v4)
 	require.Equal(t, v4, mapped)
+	require.Same(t, unsafe.StringData(v4), unsafe.StringData(mapped), "the mapped form is served from the entry of the other")
 }
 
 // Connections from one IP on many source ports share one entry: after the
