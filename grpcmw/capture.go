@@ -13,9 +13,9 @@ import (
 // stores the trailer in trailer, and the call's own options follow it, so a
 // call without options of its own copies nothing.
 type callState struct {
-	trailer metadata.MD
-	opts    []grpc.CallOption
-	busy    *atomic.Bool // the flag of the table slot holding it; nil when pooled
+	trailer  metadata.MD
+	opts     []grpc.CallOption
+	slotBusy *atomic.Bool // the busy flag of the table slot holding it; nil when pooled
 }
 
 // init points the capture option at st's own trailer, with room for a few
@@ -26,11 +26,13 @@ func (st *callState) init() {
 }
 
 // with returns the options of an attempt: the trailer capture, then opts.
+// The slice has no spare capacity, so an interceptor nearer the network that
+// appends to it gets an array of its own instead of writing into st's.
 func (st *callState) with(opts []grpc.CallOption) []grpc.CallOption {
 	if len(opts) > 0 || len(st.opts) > 1 {
 		st.opts = append(st.opts[:1], opts...)
 	}
-	return st.opts
+	return st.opts[:len(st.opts):len(st.opts)]
 }
 
 // Sizes of a client's table of captures.
@@ -60,7 +62,7 @@ type captures struct {
 type captureSlot struct {
 	callState
 	busy atomic.Bool
-	_    [64 - unsafe.Sizeof(callState{}) - 8]byte // one cache line per slot
+	_    [64 - unsafe.Sizeof(callState{}) - unsafe.Sizeof(atomic.Bool{})]byte // one cache line per slot
 }
 
 func newCaptures() *captures {
@@ -68,7 +70,7 @@ func newCaptures() *captures {
 	for i := range cs.slots {
 		s := &cs.slots[i]
 		s.init()
-		s.callState.busy = &s.busy
+		s.slotBusy = &s.busy
 	}
 	cs.pool.New = func() any {
 		st := new(callState)
@@ -99,8 +101,8 @@ func (cs *captures) put(st *callState) {
 		st.opts = st.opts[:1]
 	}
 	st.trailer = nil
-	if st.busy != nil {
-		st.busy.Store(false)
+	if st.slotBusy != nil {
+		st.slotBusy.Store(false)
 		return
 	}
 	cs.pool.Put(st)

@@ -57,7 +57,7 @@ func TestCapturesBeyondTheTable(t *testing.T) {
 		st := cs.get()
 		require.False(t, held[st], "lent twice")
 		held[st] = true
-		if st.busy != nil {
+		if st.slotBusy != nil {
 			fromTable++
 		}
 	}
@@ -67,7 +67,7 @@ func TestCapturesBeyondTheTable(t *testing.T) {
 		cs.put(st)
 	}
 	st := cs.get()
-	require.NotNil(t, st.busy, "a free slot near the first tried is lent before the pool")
+	require.NotNil(t, st.slotBusy, "a free slot near the first tried is lent before the pool")
 	cs.put(st)
 }
 
@@ -106,4 +106,17 @@ func TestCapturesGivenBackWhenTheInvokerPanics(t *testing.T) {
 
 func TestCaptureSlotIsOneCacheLine(t *testing.T) {
 	require.EqualValues(t, 64, unsafe.Sizeof(captureSlot{}))
+}
+
+// An interceptor nearer the network may append to the options it is given;
+// that must not write into the capture's own array, which outlives the call.
+func TestCapturesKeepNoOptionAppendedDownstream(t *testing.T) {
+	cs := newCaptures()
+	st := cs.get()
+	extra := grpc.WaitForReady(true)
+	_ = append(st.with(nil), extra)
+	cs.put(st)
+	for _, o := range st.opts[:cap(st.opts)] {
+		require.NotEqual(t, extra, o, "an option appended downstream is kept by the table")
+	}
 }
