@@ -31,6 +31,9 @@ type client struct {
 	// captures lends retried calls their trailer capture, so that a call
 	// that succeeds at once allocates nothing.
 	captures *captures
+	// unguarded: no limiter and no bulkhead, so an attempt without a
+	// breaker goes straight to invoke instead of through attempt.
+	unguarded bool
 }
 
 func newClient(opts []Option) *client {
@@ -41,6 +44,7 @@ func newClient(opts []Option) *client {
 	if c.retry != nil {
 		c.captures = newCaptures()
 	}
+	c.unguarded = c.limiter == nil && c.bulkhead == nil
 	return c
 }
 
@@ -101,7 +105,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 	st := c.captures.get()
 	defer c.captures.put(st) // on a panic too: a table slot must not be lost
 	var l retry.Loop
-	c.retry.BeginIn(&l, ctx, co.maxAttempts)
+	c.retry.BeginIn(ctx, &l, co.maxAttempts)
 	var err error
 	for {
 		actx, cancel := l.Context()
@@ -109,7 +113,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 		}
 		var hint *bulwark.Hint
-		if c.limiter == nil && c.bulkhead == nil && b == nil { // nothing guards the attempt: one call less
+		if c.unguarded && b == nil { // nothing guards the attempt: one call less
 			hint, err = c.invoke(actx, method, req, reply, cc, invoker, opts, st)
 		} else {
 			hint, err = c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
@@ -171,6 +175,8 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 }
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
+// A guard added here must also clear client.unguarded, which lets a retried
+// call skip attempt when it has nothing to do.
 // With a capture state it also reads the server's retry hint from the
 // trailer and the status details of a failed attempt.
 func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
@@ -212,11 +218,13 @@ func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *
 	if st == nil {
 		return nil, invoker(ctx, method, req, reply, cc, opts...)
 	}
+	// Cleared first: grpc-go does not set it when an attempt fails early, and
+	// an earlier attempt's trailer must not be read as this one's.
+	st.trailer = nil
 	err = invoker(ctx, method, req, reply, cc, st.with(opts)...)
 	if err != nil {
 		hint = st.hint(err)
 	}
-	st.trailer = nil // grpc-go does not set it when an attempt fails early
 	return hint, err
 }
 

@@ -73,7 +73,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		rs.slot = p
 	}
 	if c.retry != nil && co.maxAttempts != 1 {
-		c.retry.BeginIn(&rs.loop, ctx, co.maxAttempts)
+		c.retry.BeginIn(ctx, &rs.loop, co.maxAttempts)
 		rs.retrying = true
 	}
 	if err := rs.openLoop(nil); err != nil {
