@@ -352,7 +352,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	var l retry.Loop
-	t.retry.BeginIn(&l, req.Context(), 0)
+	t.retry.BeginIn(req.Context(), &l, 0)
 	for {
 		resp, err := t.trAttempt(req, &l, body, header)
 		var aerr error

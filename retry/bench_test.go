@@ -41,7 +41,7 @@ func BenchmarkDoFirstTry(b *testing.B) {
 
 func loopOnce(p *Policy, ctx context.Context) error {
 	var l Loop
-	p.BeginIn(&l, ctx, 0)
+	p.BeginIn(ctx, &l, 0)
 	for {
 		actx, cancel := l.Context()
 		err := okCall(actx)

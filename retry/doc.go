@@ -11,7 +11,7 @@
 // compose it outside a breaker or a bulkhead with bulwark.Chain so that every
 // attempt asks them for a permit and their rejections (which carry a
 // retry-after hint) pace the retries. Adapters drive the attempts themselves
-// through [Policy.Begin] and [Loop], which allocate nothing for a call that
+// through [Policy.BeginIn] and [Loop], which allocate nothing for a call that
 // succeeds at once.
 //
 // What is retried: see [Retryable]. The caller's own cancellation or deadline

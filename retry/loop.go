@@ -65,7 +65,9 @@ const (
 // Begin starts a call under the policy; its first attempt may run at once.
 // The returned Loop belongs to this call only.
 func (p *Policy) Begin(ctx context.Context) Loop {
-	return Loop{p: p, ctx: ctx, attempt: 1, max: p.maxAttempts}
+	var l Loop
+	p.BeginIn(ctx, &l, 0)
+	return l
 }
 
 // BeginIn starts a call in *l, overwriting it, allowed at most maxAttempts
@@ -77,7 +79,7 @@ func (p *Policy) Begin(ctx context.Context) Loop {
 // It is Begin for adapters on a hot path: a Loop returned by value is built
 // and then copied into the caller's variable, which costs a call that
 // succeeds at once about as much as the rest of its loop.
-func (p *Policy) BeginIn(l *Loop, ctx context.Context, maxAttempts int) {
+func (p *Policy) BeginIn(ctx context.Context, l *Loop, maxAttempts int) {
 	*l = Loop{}
 	l.p, l.ctx, l.attempt, l.max = p, ctx, 1, p.maxAttempts
 	if maxAttempts >= 1 && maxAttempts < l.max {

@@ -115,7 +115,7 @@ func TestBeginIn(t *testing.T) {
 	for _, tt := range []struct{ n, want int }{{1, 1}, {2, 2}, {5, 3}, {0, 3}, {-1, 3}} {
 		p := New("t", WithMaxAttempts(3), WithBackOff(constBackOff(0)), WithBudget(nil))
 		var l Loop
-		p.BeginIn(&l, context.Background(), tt.n)
+		p.BeginIn(context.Background(), &l, tt.n)
 		calls := 0
 		for {
 			calls++

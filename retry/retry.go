@@ -249,7 +249,7 @@ func (p *Policy) Budget() *Budget { return p.budget }
 // allocate.
 func (p *Policy) Do(ctx context.Context, fn func(context.Context) error) error {
 	var l Loop
-	p.BeginIn(&l, ctx, 0)
+	p.BeginIn(ctx, &l, 0)
 	for {
 		actx, cancel := l.Context()
 		err := fn(actx)
@@ -317,19 +317,16 @@ func newCounters() *metrics.Counters {
 
 // readCounters adds p's attempts, then its calls by result, to dst.
 func (p *Policy) readCounters(dst []uint64) {
-	// Read first-try successes before the other attempts: both only grow,
-	// so the sum never goes backwards between scrapes.
-	var firstTry, other uint64
-	for i := range p.tallies {
-		firstTry += p.tallies[i].results[resFirstTry].Load()
-	}
+	// Every count only grows, so each sum does too; a scrape that races a
+	// call may see its result before its attempts or after, and the
+	// collector keeps the highest reading of each series.
 	for i := range p.tallies {
 		t := &p.tallies[i]
-		other += t.otherAttempts.Load()
+		firstTry := t.results[resFirstTry].Load()
+		dst[0] += firstTry + t.otherAttempts.Load()
+		dst[1+resFirstTry] += firstTry
 		for r := resFirstTry + 1; r < numResults; r++ {
 			dst[1+r] += t.results[r].Load()
 		}
 	}
-	dst[0] += firstTry + other
-	dst[1+resFirstTry] += firstTry
 }
