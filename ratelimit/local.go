@@ -204,7 +204,7 @@ func (l *Local) Len() int {
 // reports the decision; it never blocks and ignores ctx. A cost of 0 reports
 // the bucket's state. A cost above the burst returns [ErrCostExceedsLimit], a
 // negative one [ErrInvalidCost]. An allowed decision does not allocate.
-func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, err error) {
+func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ error) {
 	if err := l.checkCost(cost); err != nil {
 		return l.policyOnly(), err
 	}
