@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -92,15 +93,20 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestOptionValidation(t *testing.T) {
-	for _, tc := range []struct {
+	type invalid struct {
 		name string
 		fn   func()
-	}{
+	}
+	cases := []invalid{
 		{"negative limit", func() { WithLimit(-1) }},
-		{"limit too large", func() { WithLimit(MaxLimit + 1) }},
 		{"negative queue", func() { WithQueue(-1) }},
 		{"SetLimit negative", func() { New("x").SetLimit(-1) }},
-	} {
+	}
+	if strconv.IntSize == 64 { // on 32-bit platforms no int exceeds MaxLimit
+		over := int64(MaxLimit) + 1
+		cases = append(cases, invalid{"limit too large", func() { WithLimit(int(over)) }})
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { require.Panics(t, tc.fn) })
 	}
 	require.NotPanics(t, func() { New("x", WithLimit(MaxLimit)).SetLimit(0) })

@@ -156,6 +156,9 @@ func FuzzRateLimitFields(f *testing.F) {
 		if limit > sfInteger || remaining > sfInteger {
 			return // beyond the sf-integer range
 		}
+		if int64(int(limit)) != limit || int64(int(remaining)) != remaining {
+			return // beyond int on a 32-bit platform: no Decision can hold it
+		}
 		d := ratelimit.Decision{Allowed: allowed, Policy: policy, Limit: int(limit), Window: time.Duration(window),
 			Remaining: int(remaining), Reset: time.Duration(reset)}
 		if !allowed {

@@ -1,6 +1,7 @@
 package idempotency_test
 
 import (
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,7 +14,7 @@ func TestResponseCodec(t *testing.T) {
 		{},
 		{Status: 200},
 		{Status: -1, Body: []byte{0}},
-		{Status: 1 << 40, Header: []idempotency.Field{{}}},
+		{Status: math.MaxInt, Header: []idempotency.Field{{}}},
 		{Status: 201, Header: []idempotency.Field{{Name: "Location", Value: "/orders/1"}, {Name: "Set-Cookie", Value: "a=b"}, {Name: "Set-Cookie", Value: "c=d"}}, Body: []byte(`{"id":1}`)},
 	} {
 		enc, err := r.MarshalBinary()
