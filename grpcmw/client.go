@@ -175,10 +175,10 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 }
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
-// A guard added here must also clear client.unguarded, which lets a retried
-// call skip attempt when it has nothing to do.
 // With a capture state it also reads the server's retry hint from the
-// trailer and the status details of a failed attempt.
+// trailer and the status details of a failed attempt. A guard added here
+// must also clear client.unguarded, which lets a retried call skip attempt
+// when it has nothing to do.
 func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture *callState) (hint *bulwark.Hint, err error) {
 	if c.limiter != nil {
