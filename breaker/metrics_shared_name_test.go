@@ -9,6 +9,7 @@ import (
 	"weak"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/internal/gctest"
 	"github.com/bulwark-go/bulwark/internal/metrics"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,19 +85,6 @@ func gatheredState(t *testing.T, reg prometheus.Gatherer, name, state string) fl
 	return gathered(t, reg, "bulwark_breaker_state", name, "state", state)
 }
 
-// collect drops every reference the caller gave up: it runs the garbage
-// collector until the weak pointer is cleared, a bounded number of times.
-func collect[T any](t *testing.T, wp weak.Pointer[T]) {
-	t.Helper()
-	for range 100 {
-		runtime.GC()
-		if wp.Value() == nil {
-			return
-		}
-	}
-	t.Fatal("not collected after 100 GCs")
-}
-
 // gatheredCounters returns every breaker counter of the name on reg, by
 // metric name and outcome label. It may run on a goroutine of its own.
 func gatheredCounters(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
@@ -160,7 +148,7 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 
 	wp := weak.Make(gone)
 	gone = nil
-	collect(t, wp)
+	gctest.Collect(t, wp)
 	after := gatheredCounters(t, reg, "gc")
 	for k, v := range before {
 		require.GreaterOrEqual(t, after[k], v, "%s went down", k)
@@ -200,11 +188,11 @@ func TestMetricsNameGoneWithItsLastBreaker(t *testing.T) {
 	require.Equal(t, 2.0, gatheredCounters(t, reg, "short-lived")["bulwark_breaker_calls_total,outcome=success"])
 	wt := weak.Make(twin)
 	twin = nil
-	collect(t, wt)
+	gctest.Collect(t, wt)
 	require.Equal(t, 2.0, gatheredCounters(t, reg, "short-lived")["bulwark_breaker_calls_total,outcome=success"])
 	wp := weak.Make(survivor)
 	survivor = nil
-	collect(t, wp)
+	gctest.Collect(t, wp)
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
+
+	"github.com/bulwark-go/bulwark/internal/gctest"
 )
 
 // source is an instance the test counts for by hand; gone stands for its
@@ -170,19 +172,6 @@ bulwark_test_ops_total{name="%[1]s"} %[2]d
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "bulwark_test_ops_total", "bulwark_test_errors_total"))
 }
 
-// collectInstance runs the garbage collector until wp is cleared, a bounded
-// number of times.
-func collectInstance(t *testing.T, wp weak.Pointer[instance]) {
-	t.Helper()
-	for range 100 {
-		runtime.GC()
-		if wp.Value() == nil {
-			return
-		}
-	}
-	t.Fatal("not collected after 100 GCs")
-}
-
 // One reading fills every family in order: a family with no label takes
 // one value, a labelled one a value per kind.
 func TestCountersFamilies(t *testing.T) {
@@ -217,7 +206,7 @@ func TestCountersAddInstanceAcrossGC(t *testing.T) {
 	expectTwoFamilies(t, reg, "x", 3, 1, 1, 0) // gone lives through this scrape
 	wp := weak.Make(gone)
 	gone = nil
-	collectInstance(t, wp)
+	gctest.Collect(t, wp)
 	expectTwoFamilies(t, reg, "x", 3, 1, 1, 0)
 	keep.n[0]++
 	expectTwoFamilies(t, reg, "x", 4, 1, 1, 0)
@@ -227,7 +216,7 @@ func TestCountersAddInstanceAcrossGC(t *testing.T) {
 
 	wp = weak.Make(keep)
 	keep = nil
-	collectInstance(t, wp)
+	gctest.Collect(t, wp)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(""), "bulwark_test_ops_total", "bulwark_test_errors_total"))
 	n, retired = cs.Len()
 	require.Zero(t, n)
@@ -280,7 +269,7 @@ func TestCountersConcurrentScrapes(t *testing.T) {
 	require.Equal(t, 15.0, mfs[0].GetMetric()[0].GetCounter().GetValue(),
 		"the stalled scrape read 1 but reports the highest reading, 5, plus y")
 
-	collectInstance(t, wp)
+	gctest.Collect(t, wp)
 	expectTwoFamilies(t, reg, "x", 15, 0, 0, 0) // x's last reading is retired
 	runtime.KeepAlive(y)
 }
