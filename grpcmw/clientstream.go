@@ -19,12 +19,23 @@ import (
 	"github.com/bulwark-go/bulwark/retry"
 )
 
-// StreamClientInterceptor returns a stream client interceptor with the same
-// options as [UnaryClientInterceptor]. The bulkhead slot is held for the whole
-// stream; the limiter and the breaker are asked for every attempt, and the
-// breaker learns an attempt's outcome when the attempt fails or, for the
-// attempt that is kept, when the stream ends (a stream abandoned by cancelling
-// its context is not counted).
+// StreamClientInterceptor returns a stream client interceptor with the
+// options of [UnaryClientInterceptor], except the idempotency keys
+// ([WithIdempotencyKeys], [WithIdempotencyKey]), which apply to unary calls
+// only. The bulkhead slot is held for the whole stream; the limiter and the
+// breaker are asked for every attempt, and the breaker learns an attempt's
+// outcome when the attempt fails or, for the attempt that is kept, when the
+// stream ends: RecvMsg returned io.EOF or an error, the one response of a
+// call without a response stream arrived, or the caller's context ended (a
+// cancellation is not counted, an expired deadline counts as
+// DeadlineExceeded).
+//
+// A SendMsg error other than io.EOF ends the stream, as it does in grpc-go:
+// the client itself refused the message (larger than the call's send limit,
+// or it could not be marshalled), so the stream is not retried, and the
+// breaker does not count it. While a stream may be retried, Context
+// returns a context that lasts as long as the stream rather than the current
+// attempt's, which ends with the attempt.
 //
 // # When a stream is retried
 //
@@ -99,8 +110,17 @@ type retryStream struct {
 	loop      retry.Loop // used only by the goroutine that opens or reads
 	stopWatch func() bool
 
+	attempt      atomic.Int32 // the current attempt's number, for ReportAttempts
+	attemptsOnce sync.Once
+
 	committed atomic.Bool
 	finished  atomic.Bool
+
+	// sendMu orders what goes out on an attempt's stream: the caller's
+	// SendMsg and CloseSend, and the replay on a new attempt. It is held
+	// across network sends, which may wait for flow control; mu never is, so
+	// that RecvMsg, which needs mu, is never stuck behind a send.
+	sendMu sync.Mutex
 
 	mu         sync.Mutex // guards the fields below
 	cur        grpc.ClientStream
@@ -109,9 +129,14 @@ type retryStream struct {
 	slot       bulkhead.Permit
 	sent       []any
 	sentBytes  int
-	overflow   bool // more was sent than the buffer holds: no replay
+	overflow   bool  // more was sent than the buffer holds: no replay
+	refused    error // a message the client refused to send: the stream is over
 	closedSend bool
 	broken     bool // cur's send side ended; sends are kept for the replay
+	// The context Context returns while the stream may be retried, and its
+	// cancel, called when the stream ends; made on the first call.
+	streamCtx    context.Context
+	cancelStream context.CancelFunc
 }
 
 // openLoop opens attempts until one is open or the policy gives up. last is
@@ -127,7 +152,7 @@ func (rs *retryStream) openLoop(last error) error {
 		if err == nil {
 			return nil
 		}
-		if !rs.retrying {
+		if !rs.retrying || rs.committed.Load() { // committed: a send was refused
 			rs.fail(err)
 			return err
 		}
@@ -172,10 +197,20 @@ func (rs *retryStream) open() error {
 			return local(codes.Unavailable, err)
 		}
 	}
+	n := 1
 	if rs.retrying {
-		if n := rs.loop.Attempt(); n > 1 {
+		if n = rs.loop.Attempt(); n > 1 {
 			ctx = metadata.AppendToOutgoingContext(ctx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 		}
+	}
+	rs.attempt.Store(int32(n))
+	// No send may run between the new stream and its replay, and none is
+	// wanted on the old one any more.
+	rs.sendMu.Lock()
+	defer rs.sendMu.Unlock()
+	if err := rs.refusedErr(); err != nil {
+		bp.Report(breaker.Ignored)
+		return err
 	}
 	s, err := rs.streamer(ctx, rs.desc, rs.cc, rs.method, rs.opts...)
 	if err != nil {
@@ -183,15 +218,18 @@ func (rs *retryStream) open() error {
 		return err
 	}
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
 	rs.cur, rs.permit, rs.hasPermit, rs.broken = s, bp, rs.breaker != nil, false
-	for _, m := range rs.sent {
+	sent, closedSend := rs.sent, rs.closedSend
+	rs.mu.Unlock()
+	for _, m := range sent {
 		if err := s.SendMsg(m); err != nil {
+			rs.mu.Lock()
 			rs.broken = true // the status comes from RecvMsg
+			rs.mu.Unlock()
 			return nil
 		}
 	}
-	if rs.closedSend {
+	if closedSend {
 		_ = s.CloseSend()
 	}
 	return nil
@@ -206,17 +244,36 @@ func (rs *retryStream) current() grpc.ClientStream {
 	return rs.cur
 }
 
-// Context returns the context of the current attempt's stream.
-func (rs *retryStream) Context() context.Context { return rs.current().Context() }
+// Context returns the stream's context. A stream that may be retried does not
+// return an attempt's context, which ends when the attempt fails, but one
+// made from the caller's context that ends when the stream does.
+func (rs *retryStream) Context() context.Context {
+	if !rs.retrying {
+		return rs.current().Context()
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.streamCtx == nil {
+		rs.streamCtx, rs.cancelStream = context.WithCancel(rs.ctx)
+		if rs.finished.Load() {
+			rs.cancelStream()
+		}
+	}
+	return rs.streamCtx
+}
 
 // Trailer returns the trailer of the current attempt's stream.
 func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 
 // Header waits for the response headers; headers received commit the stream.
+// An error ends a stream that will not be retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
 	md, err := rs.current().Header()
-	if md != nil {
+	switch {
+	case md != nil:
 		rs.commit()
+	case err != nil && (!rs.retrying || rs.committed.Load()):
+		rs.end(err)
 	}
 	return md, err
 }
@@ -225,10 +282,15 @@ func (rs *retryStream) Header() (metadata.MD, error) {
 // stream is uncommitted.
 func (rs *retryStream) SendMsg(m any) error {
 	if !rs.retrying || rs.committed.Load() {
-		return rs.current().SendMsg(m)
+		err := rs.current().SendMsg(m)
+		if err != nil && err != io.EOF {
+			rs.refuse(err)
+		}
+		return err
 	}
+	rs.sendMu.Lock()
+	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
 	if !rs.overflow && !rs.committed.Load() {
 		size := 0
 		if pm, ok := m.(proto.Message); ok {
@@ -241,16 +303,23 @@ func (rs *retryStream) SendMsg(m any) error {
 			rs.sentBytes += size
 		}
 	}
-	if rs.broken {
-		if rs.overflow {
+	cur, broken, overflow := rs.cur, rs.broken, rs.overflow
+	rs.mu.Unlock()
+	if broken {
+		if overflow {
 			return io.EOF
 		}
 		return nil
 	}
-	err := rs.cur.SendMsg(m)
-	if err == io.EOF && !rs.overflow {
+	err := cur.SendMsg(m) // without mu: it may wait for flow control
+	switch {
+	case err == io.EOF && !overflow:
+		rs.mu.Lock()
 		rs.broken = true
+		rs.mu.Unlock()
 		return nil
+	case err != nil && err != io.EOF:
+		rs.refuse(err)
 	}
 	return err
 }
@@ -261,13 +330,16 @@ func (rs *retryStream) CloseSend() error {
 	if !rs.retrying || rs.committed.Load() {
 		return rs.current().CloseSend()
 	}
+	rs.sendMu.Lock()
+	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
 	rs.closedSend = true
-	if rs.broken {
+	cur, broken := rs.cur, rs.broken
+	rs.mu.Unlock()
+	if broken {
 		return nil
 	}
-	return rs.cur.CloseSend()
+	return cur.CloseSend()
 }
 
 // RecvMsg receives the next response message, retrying the stream when it
@@ -277,13 +349,12 @@ func (rs *retryStream) RecvMsg(m any) error {
 		s := rs.current()
 		err := s.RecvMsg(m)
 		if rs.committed.Load() {
-			if err != nil {
-				rs.end(err)
-			}
+			rs.received(err)
 			return err
 		}
 		if err == nil {
 			rs.commit()
+			rs.received(nil)
 			return nil
 		}
 		if err == io.EOF {
@@ -292,7 +363,10 @@ func (rs *retryStream) RecvMsg(m any) error {
 			return err
 		}
 		rs.report(err)
-		if !rs.retrying || rs.isOverflowed() {
+		if !rs.retrying || !rs.replayable() {
+			if rs.retrying {
+				rs.loop.Decide(bulwark.Permanent(err))
+			}
 			rs.fail(err)
 			return err
 		}
@@ -305,10 +379,49 @@ func (rs *retryStream) RecvMsg(m any) error {
 	}
 }
 
-func (rs *retryStream) isOverflowed() bool {
+// received ends a committed stream after RecvMsg returned err: at an error
+// or io.EOF, and at the response of a call that has only one, after which
+// grpc-go has finished the stream without an io.EOF.
+func (rs *retryStream) received(err error) {
+	switch {
+	case err == io.EOF:
+		rs.end(nil)
+	case err != nil || !rs.desc.ServerStreams:
+		rs.end(err)
+	}
+}
+
+// replayable reports whether a new attempt could be given everything sent
+// so far.
+func (rs *retryStream) replayable() bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return rs.overflow
+	return !rs.overflow && rs.refused == nil
+}
+
+func (rs *retryStream) refusedErr() error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.refused
+}
+
+// refuse ends the stream after SendMsg failed with err, an error other than
+// io.EOF: the client itself refused the message (too large, or it could not
+// be marshalled) and grpc-go has finished the stream. Nothing is retried,
+// and the breaker does not count an attempt the server had no part in.
+func (rs *retryStream) refuse(err error) {
+	rs.mu.Lock()
+	rs.refused = err
+	rs.committed.Store(true)
+	rs.sent = nil
+	bp, ok := rs.permit, rs.hasPermit
+	rs.permit, rs.hasPermit = breaker.Permit{}, false
+	rs.mu.Unlock()
+	if ok {
+		bp.Report(breaker.Ignored)
+	}
+	rs.setAttempts()
+	rs.end(err)
 }
 
 // commit keeps the current attempt for good: no more retries, no more
@@ -327,13 +440,10 @@ func (rs *retryStream) commit() {
 	rs.setAttempts()
 }
 
+// setAttempts reports the number of attempts, once.
 func (rs *retryStream) setAttempts() {
 	if rs.attempts != nil {
-		if rs.retrying {
-			*rs.attempts = rs.loop.Attempt()
-		} else {
-			*rs.attempts = 1
-		}
+		rs.attemptsOnce.Do(func() { *rs.attempts = int(rs.attempt.Load()) })
 	}
 }
 
@@ -367,23 +477,27 @@ func (rs *retryStream) end(err error) {
 		rs.stopWatch()
 	}
 	rs.report(err)
-	rs.mu.Lock()
-	rs.slot.Release()
-	rs.mu.Unlock()
+	rs.release()
 }
 
-// abandon runs when the caller's context ends: a stream nobody reads to its
-// end is not counted by the breaker and gives its bulkhead slot back.
+// abandon runs when the caller's context ends before the stream does: it
+// gives the bulkhead slot back, and the breaker counts the attempt as the
+// unary client would count a call ended so (a cancellation is not counted,
+// an expired deadline is DeadlineExceeded).
 func (rs *retryStream) abandon() {
 	if !rs.finished.CompareAndSwap(false, true) {
 		return
 	}
+	rs.report(status.FromContextError(rs.ctx.Err()).Err())
+	rs.release()
+}
+
+// release frees the bulkhead slot and ends the context Context returned.
+func (rs *retryStream) release() {
 	rs.mu.Lock()
-	bp, ok := rs.permit, rs.hasPermit
-	rs.permit, rs.hasPermit = breaker.Permit{}, false
+	defer rs.mu.Unlock()
 	rs.slot.Release()
-	rs.mu.Unlock()
-	if ok {
-		bp.Report(breaker.Ignored)
+	if rs.cancelStream != nil {
+		rs.cancelStream()
 	}
 }

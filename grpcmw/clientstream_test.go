@@ -1,0 +1,245 @@
+package grpcmw_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/bulwark-go/bulwark/breaker"
+	"github.com/bulwark-go/bulwark/bulkhead"
+	"github.com/bulwark-go/bulwark/grpcmw"
+	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/retry"
+)
+
+// A client-streaming call ends when CloseAndRecv's RecvMsg returns the single
+// response (nil error): grpc-go never returns io.EOF for it. The interceptor
+// must end the stream there, freeing the bulkhead slot and reporting the
+// breaker permit; otherwise, with a context that is never cancelled, both leak
+// for good.
+func TestClientStreamingCallEndsAtItsResponse(t *testing.T) {
+	bh := bulkhead.New("client-streaming", bulkhead.WithLimit(1))
+	br := breaker.New("client-streaming", breaker.WithConsecutiveFailures(100))
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithBulkhead(bh), grpcmw.WithBreaker(br))...)
+
+	st, err := c.StreamingInputCall(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, st.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}))
+	resp, err := st.CloseAndRecv()
+	require.NoError(t, err)
+	require.Equal(t, int32(1), resp.GetAggregatedPayloadSize())
+
+	assert.Equal(t, 0, bh.InFlight(), "the finished client-streaming call still holds its bulkhead slot")
+	assert.Equal(t, int64(1), br.Counts().Calls, "the finished call's breaker permit was never reported")
+
+	// And so the next call is refused by a bulkhead that nothing uses.
+	st2, err := c.StreamingInputCall(context.Background())
+	require.NoError(t, err)
+	_, err = st2.CloseAndRecv()
+	require.NoError(t, err)
+}
+
+// pushFirst is a bidi service that sends n large messages before it reads
+// anything, then reads until the client closes.
+type pushFirst struct {
+	testpb.UnimplementedTestServiceServer
+	n    int
+	size int
+}
+
+func (p *pushFirst) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) error {
+	body := bytes.Repeat([]byte{'s'}, p.size)
+	for range p.n {
+		if err := ss.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: body}}); err != nil {
+			return err
+		}
+	}
+	for {
+		if _, err := ss.Recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+// grpc-go allows one goroutine in SendMsg and another in RecvMsg at once. A
+// retried stream's SendMsg holds the stream's mutex while the network send
+// blocks on flow control, and RecvMsg needs that mutex (current(), commit())
+// before it can hand out the message it has. When the server sends before it
+// reads, neither side moves: a deadlock that the same code without the
+// interceptor does not have.
+func TestStreamSendWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
+	for _, withRetry := range []bool{false, true} {
+		name := "plain"
+		var opts []grpcmw.Option
+		if withRetry {
+			name = "retry"
+			opts = append(opts, grpcmw.WithRetry(newRetry(clock.NewFake(time.Time{}))))
+		}
+		t.Run(name, func(t *testing.T) {
+			const n, size = 32, 256 << 10 // 8 MiB from the server before it reads
+			c, _ := serve(t, "tcp", &pushFirst{n: n, size: size}, nil, clientOpts(opts...)...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := c.FullDuplexCall(ctx)
+			require.NoError(t, err)
+
+			sendErr := make(chan error, 1)
+			go func() {
+				// Far more than the server's flow-control window: the second
+				// Send blocks until the server reads.
+				big := bytes.Repeat([]byte{'c'}, 1<<20)
+				for range 4 {
+					if err := st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}); err != nil {
+						sendErr <- err
+						return
+					}
+				}
+				sendErr <- nil
+			}()
+			got := 0
+			for got < n {
+				if _, err := st.Recv(); err != nil {
+					break
+				}
+				got++
+			}
+			require.Equal(t, n, got, "the client received only %d of %d messages before the deadline", got, n)
+			require.NoError(t, <-sendErr)
+			require.NoError(t, st.CloseSend())
+		})
+	}
+}
+
+// A SendMsg that the client itself refuses (here: message larger than
+// MaxCallSendMsgSize; a marshalling error is the same) aborts the attempt
+// with a client-generated ResourceExhausted. The message was nevertheless
+// kept in the replay buffer, and RecvMsg then treats that local error as a
+// retryable server answer: it opens new streams, re-sends to the server the
+// messages before the bad one, fails again on the same message, and so on
+// until the policy gives up. Without the interceptor, one stream.
+func TestStreamDoesNotRetryASendTheClientRefused(t *testing.T) {
+	p := retry.New("refused-send", retry.WithBudget(nil), retry.WithMaxAttempts(4),
+		retry.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }))
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(p))...)
+
+	var attempts int
+	st, err := c.StreamingInputCall(context.Background(), grpc.MaxCallSendMsgSize(1024), grpcmw.ReportAttempts(&attempts))
+	require.NoError(t, err)
+	require.NoError(t, st.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: []byte("small")}}))
+	err = st.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: bytes.Repeat([]byte{'x'}, 4096)}})
+	requireCode(t, codes.ResourceExhausted, err) // grpc-go: trying to send message larger than max
+	_, err = st.CloseAndRecv()
+	requireCode(t, codes.ResourceExhausted, err)
+	assert.Equal(t, 1, attempts, "a client-side send error was retried")
+	assert.LessOrEqual(t, svc.Calls(), 1, "the server got the stream (and the first message) again")
+}
+
+// Context returns the current attempt's context. A caller that takes it once
+// (to watch Done, as handlers and pipelines commonly do) holds the first
+// attempt's context, which grpc-go cancels when that attempt fails; the
+// interceptor then retries and the stream goes on, but the watcher has
+// already seen it "end". grpc-go's own retry avoids this by committing the
+// stream when Context is called.
+func TestStreamContextLastsAcrossRetries(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	hold := make(chan struct{})
+	defer close(hold)
+	svc := &service{stream: func(n int, send func(string) error) error {
+		if n == 1 {
+			return status.Error(codes.Unavailable, "restarting")
+		}
+		if err := send("b"); err != nil {
+			return err
+		}
+		<-hold
+		return nil
+	}}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	streamCtx := st.Context()
+
+	got := make(chan error, 1)
+	go func() {
+		_, err := st.Recv()
+		got <- err
+	}()
+	clk.WaitForTimers(1)
+	clk.Advance(time.Second)
+	require.NoError(t, <-got) // the retried stream is alive and delivered "b"
+	require.NoError(t, streamCtx.Err(), "the stream's Context() is done while the stream is live")
+}
+
+// A server stream that ends cleanly after its messages is a success for the
+// breaker, with or without retry: io.EOF is not a failure status.
+func TestStreamEndingCleanlyIsABreakerSuccess(t *testing.T) {
+	for _, withRetry := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "retry"}[withRetry], func(t *testing.T) {
+			br := breaker.New("clean-end", breaker.WithConsecutiveFailures(1))
+			opts := []grpcmw.Option{grpcmw.WithBreaker(br)}
+			if withRetry {
+				opts = append(opts, grpcmw.WithRetry(newRetry(clock.NewFake(time.Time{}))))
+			}
+			svc := &service{stream: func(_ int, send func(string) error) error {
+				for _, s := range []string{"a", "b"} {
+					if err := send(s); err != nil {
+						return err
+					}
+				}
+				return nil
+			}}
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(opts...)...)
+			st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+			require.NoError(t, err)
+			got, err := recvAll(st)
+			require.NoError(t, err)
+			require.Equal(t, []string{"a", "b"}, got)
+			counts := br.Counts()
+			require.Equal(t, breaker.Closed, counts.State)
+			require.Equal(t, int64(1), counts.Calls)
+			require.Zero(t, counts.Failures)
+		})
+	}
+}
+
+// DeadlineExceeded is a default failure code: a stream whose deadline passes
+// counts as a failure, as a unary call does, whether RecvMsg sees the status
+// first or the context watcher does.
+func TestStreamDeadlineIsABreakerFailure(t *testing.T) {
+	for _, kind := range []string{"unary", "stream"} {
+		t.Run(kind, func(t *testing.T) {
+			br := breaker.New("deadline-"+kind, breaker.WithConsecutiveFailures(1))
+			hang := make(chan struct{})
+			defer close(hang)
+			svc := &service{
+				unary:  func(ctx context.Context, _ int, _ *testpb.SimpleRequest) error { <-ctx.Done(); return ctx.Err() },
+				stream: func(int, func(string) error) error { <-hang; return nil },
+			}
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithBreaker(br))...)
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			var err error
+			if kind == "unary" {
+				_, err = c.UnaryCall(ctx, payload("x"))
+			} else {
+				var st testpb.TestService_StreamingOutputCallClient
+				st, err = c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{})
+				require.NoError(t, err)
+				_, err = st.Recv()
+			}
+			requireCode(t, codes.DeadlineExceeded, err)
+			require.Equal(t, breaker.Open, br.State())
+		})
+	}
+}
