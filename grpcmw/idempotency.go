@@ -19,12 +19,13 @@ import (
 	"github.com/bulwark-go/bulwark/idempotency"
 )
 
-// idempotent runs one unary call under the Guard. The stored result is the
+// idempotent runs one unary call under the Guard and reports whether the
+// handler ran. The stored result is the
 // status code and, for OK, the response message in its protobuf encoding or,
 // for any other code, the google.rpc.Status (code, message, details) in its
 // protobuf encoding. Response header metadata set by the handler is not
 // stored; a replay carries only idempotent-replayed: true.
-func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, ran bool, err error) {
 	r := idempotency.Request{Method: info.FullMethod}
 	if v := metadata.ValueFromIncomingContext(ctx, IdempotencyKeyHeader); len(v) > 0 {
 		r.Key = v[0]
@@ -32,7 +33,7 @@ func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServer
 	if r.Key != "" {
 		fp, err := fingerprint(info.FullMethod, req)
 		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "grpcmw: cannot fingerprint the request: "+err.Error())
+			return nil, false, status.Error(codes.InvalidArgument, "grpcmw: cannot fingerprint the request: "+err.Error())
 		}
 		r.Fingerprint = fp
 		if s.scope != nil {
@@ -41,13 +42,15 @@ func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	out, err := s.guard.Begin(ctx, r)
 	if err != nil {
-		return nil, s.guardError(ctx, err)
+		return nil, false, s.guardError(ctx, err)
 	}
 	if out.Result == idempotency.ResultReplayed {
-		return s.replay(ctx, info.FullMethod, out.Response)
+		resp, err = s.replay(ctx, info.FullMethod, out.Response)
+		return resp, false, err
 	}
 	if out.Lease == nil { // no key (not required) or a store failure tolerated
-		return handler(ctx, req)
+		resp, err = handler(ctx, req)
+		return resp, true, err
 	}
 	lease := out.Lease
 	bg := context.WithoutCancel(ctx)
@@ -62,18 +65,20 @@ func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServer
 	code := codeOf(herr)
 	if !s.remember(code) {
 		_ = lease.Release(bg)
-		return resp, herr
+		return resp, true, herr
 	}
 	stored, merr := s.encode(info.FullMethod, code, resp, herr)
-	if merr != nil {
+	if merr != nil || len(stored.Body) > s.maxStored {
+		// Not stored: a retry runs the handler again, rather than being told
+		// the call is in flight until the lease lapses and then running it.
 		_ = lease.Release(bg)
-		return resp, herr
+		return resp, true, herr
 	}
 	// A failure to store is not the caller's concern: the handler's effect
 	// happened and its result is returned. The key stays claimed until its
 	// lease lapses, so a retry in that time gets Aborted, not a second run.
 	_ = lease.Complete(bg, stored)
-	return resp, herr
+	return resp, true, herr
 }
 
 func fingerprint(method string, req any) (idempotency.Fingerprint, error) {
@@ -138,7 +143,8 @@ func (s *server) guardError(ctx context.Context, err error) error {
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
-	return status.Error(codes.Unavailable, err.Error())
+	// The cause stays on the server: it may name the store's hosts.
+	return status.Error(codes.Unavailable, "grpcmw: idempotency store unavailable")
 }
 
 // typeCache maps full method names to their response message types, for

@@ -31,6 +31,7 @@ type config struct {
 	guard        *idempotency.Guard
 	scope        func(ctx context.Context) string
 	remember     func(codes.Code) bool
+	maxStored    int
 	retry        *retry.Policy
 	retryable    codeSet
 	genKeys      bool
@@ -61,6 +62,11 @@ const (
 	// DefaultStreamBufferBytes bounds the size of those messages, as
 	// proto.Size counts it; see [WithStreamBuffer].
 	DefaultStreamBufferBytes = 256 << 10
+	// DefaultMaxStoredResponse bounds the result, in bytes, that
+	// [WithIdempotency] stores for replay unless [WithMaxStoredResponse]
+	// says otherwise: grpc-go's default limit on a message a client
+	// receives.
+	DefaultMaxStoredResponse = 4 << 20
 )
 
 // defaultFailureCodes are the codes a breaker counts as failures unless
@@ -78,6 +84,7 @@ func newConfig(opts []Option) config {
 		bulkheadCode: codes.ResourceExhausted,
 		retryable:    defaultRetryableCodes,
 		remember:     RememberCode,
+		maxStored:    DefaultMaxStoredResponse,
 		streamMsgs:   DefaultStreamBufferMessages,
 		streamBytes:  DefaultStreamBufferBytes,
 	}
@@ -251,6 +258,20 @@ func WithIdempotency(g *idempotency.Guard) Option {
 // one principal. Server.
 func WithIdempotencyScope(scope func(ctx context.Context) string) Option {
 	return func(c *config) { c.scope = scope }
+}
+
+// WithMaxStoredResponse bounds the result [WithIdempotency] stores for
+// replay: the response message, or the status of a failed call, in its
+// protobuf encoding. A call whose result is larger is answered but not
+// stored: its key is released, so a retry runs the handler again. Zero or
+// less means [DefaultMaxStoredResponse]. Server.
+func WithMaxStoredResponse(n int) Option {
+	return func(c *config) {
+		c.maxStored = n
+		if n <= 0 {
+			c.maxStored = DefaultMaxStoredResponse
+		}
+	}
 }
 
 // WithIdempotencyRemember sets which result codes are stored for replay; for

@@ -25,8 +25,9 @@ type server struct {
 // the breaker ([WithBreaker], [WithBreakers]) and the idempotency protocol
 // ([WithIdempotency]) to each call, then runs the handler. Cheap refusals come
 // first, so that a refused call costs nothing further; the breaker counts only
-// calls that reached the service; idempotency keys are claimed only by calls
-// that will run. Without options it calls the handler directly.
+// calls that ran the handler, not those the idempotency Guard answered (a
+// replay, a refusal, its store failing); idempotency keys are claimed only by
+// calls that will run. Without options it calls the handler directly.
 //
 // Refusals, each set before any header is sent so that the response is
 // trailers-only:
@@ -74,7 +75,8 @@ func (s *server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	}
 	b := s.breakerFor(nil, info.FullMethod)
 	if b == nil {
-		return s.call(ctx, req, info, handler)
+		resp, _, err = s.call(ctx, req, info, handler)
+		return resp, err
 	}
 	bp, err := b.Allow()
 	if err != nil {
@@ -86,17 +88,24 @@ func (s *server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 			bp.Report(breaker.Failure)
 		}
 	}()
-	resp, err = s.call(ctx, req, info, handler)
+	resp, ran, err := s.call(ctx, req, info, handler)
 	reported = true
-	bp.Report(s.outcome(ctx, err))
+	if ran {
+		bp.Report(s.outcome(ctx, err))
+	} else { // the idempotency Guard answered: the service was not asked
+		bp.Report(breaker.Ignored)
+	}
 	return resp, err
 }
 
-func (s *server) call(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// call runs the handler, under the idempotency Guard when there is one, and
+// reports whether the handler ran.
+func (s *server) call(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, ran bool, err error) {
 	if s.guard != nil {
 		return s.idempotent(ctx, req, info, handler)
 	}
-	return handler(ctx, req)
+	resp, err = handler(ctx, req)
+	return resp, true, err
 }
 
 func (s *server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -137,8 +146,8 @@ func (s *server) admit(ctx context.Context, method string, ss grpc.ServerStream)
 		return nil
 	}
 	d, err := s.limiter.Allow(ctx, s.limitKey(ctx, method), 1)
-	if err != nil {
-		return status.Error(codes.Unavailable, err.Error())
+	if err != nil { // the cause stays on the server: it may name its hosts
+		return status.Error(codes.Unavailable, "grpcmw: rate limiter unavailable")
 	}
 	if d.Allowed {
 		return nil

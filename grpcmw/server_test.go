@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,4 +371,84 @@ func TestServerRateLimitKeyFromPeer(t *testing.T) {
 			require.Equal(t, []string{tc.want, tc.want, tc.want}, rec.keys)
 		})
 	}
+}
+
+// downStore is an idempotency store whose backend is unreachable.
+type downStore struct{ idempotency.Store }
+
+func (downStore) Claim(context.Context, idempotency.Key, idempotency.Fingerprint, time.Duration) (idempotency.ClaimResult, error) {
+	return idempotency.ClaimResult{}, errors.New("dial tcp 10.0.0.9:6379: connection refused")
+}
+
+// The interceptor's doc says "the breaker counts only calls that reached the
+// service". A call refused by the idempotency Guard (here: its store is down,
+// failing closed, which the interceptor answers with Unavailable) never ran
+// the handler, yet the breaker counts it as a failure: an idempotency-store
+// outage opens the service's breaker and then refuses every call, those
+// without a key too, which the healthy handler would have served.
+func TestIdempotencyStoreOutageDoesNotOpenServiceBreaker(t *testing.T) {
+	br := breaker.New("store-outage", breaker.WithConsecutiveFailures(2))
+	g := idempotency.New("store-outage", downStore{})
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g)))
+
+	keyed := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "k1")
+	for range 2 {
+		_, err := c.UnaryCall(keyed, payload("a"))
+		requireCode(t, codes.Unavailable, err) // the store, not the service
+		require.NotContains(t, status.Convert(err).Message(), "10.0.0.9", "the store's error stays on the server")
+	}
+	require.Equal(t, 0, svc.Calls())
+	require.Equal(t, breaker.Closed.String(), br.State().String(), "guard refusals opened the service's breaker")
+
+	_, err := c.UnaryCall(context.Background(), payload("no key"))
+	require.NoError(t, err, "a call that does not need the store is refused")
+}
+
+// The other side of the same rule: a call the Guard answers without running
+// the handler (a replay, an in-flight Aborted, a mismatch) is reported as a
+// Success. As the half-open probe, a replay closes the breaker although the
+// service was never asked and is still failing.
+func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	br := breaker.New("replay-probe", breaker.WithConsecutiveFailures(1), breaker.WithHalfOpen(1, 1),
+		breaker.WithOpenDuration(time.Second), breaker.WithClock(clk))
+	g := idempotency.New("replay-probe", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	var failing atomic.Bool
+	svc := &service{unary: func(context.Context, int, *testpb.SimpleRequest) error {
+		if failing.Load() {
+			return status.Error(codes.Unavailable, "down")
+		}
+		return nil
+	}}
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g)))
+	keyed := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "k1")
+	_, err := c.UnaryCall(keyed, payload("a")) // stored
+	require.NoError(t, err)
+
+	failing.Store(true)
+	_, err = c.UnaryCall(context.Background(), payload("b"))
+	requireCode(t, codes.Unavailable, err)
+	require.Equal(t, breaker.Open.String(), br.State().String())
+	clk.Advance(time.Second) // half-open: the next call is the probe
+
+	_, err = c.UnaryCall(keyed, payload("a")) // a replay: the handler does not run
+	require.NoError(t, err)
+	require.NotEqual(t, breaker.Closed.String(), br.State().String(), "a replay closed the breaker of a failing service")
+}
+
+// A result larger than WithMaxStoredResponse is answered and not stored: the
+// key is released, so a retry runs the handler again instead of being told
+// the call is in flight until the lease lapses.
+func TestIdempotencyResultOverTheBoundIsReleased(t *testing.T) {
+	g := idempotency.New("over-bound", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithMaxStoredResponse(1<<10)))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "big-1")
+	for range 2 {
+		resp, err := c.UnaryCall(ctx, payload(strings.Repeat("b", 2<<10))) // echoed: a 2 KiB response
+		require.NoError(t, err)
+		require.Len(t, resp.GetPayload().GetBody(), 2<<10)
+	}
+	require.Equal(t, 2, svc.Ledger(), "not stored, so the retry ran again")
 }
