@@ -565,3 +565,51 @@ func TestStreamBulkheadSlotHeldUntilEnd(t *testing.T) {
 	cancel()
 	require.Eventually(t, func() bool { return bh.InFlight() == 0 }, 5*time.Second, time.Millisecond)
 }
+
+// A pushback too large for a time.Duration in nanoseconds means as long as a
+// Duration can say, not the wrapped-around value (an immediate retry, or a
+// negative one that fell back to the policy's backoff): it is capped by the
+// policy's WithMaxHintWait, and without a cap the call's deadline ends it.
+func TestHugePushbackIsTheLongestWait(t *testing.T) {
+	for _, pushback := range []string{"18446744073710", "9223372036855"} {
+		invoker := func(calls *int) grpc.UnaryInvoker {
+			return func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+				*calls++
+				for _, o := range opts {
+					if tr, ok := o.(grpc.TrailerCallOption); ok {
+						*tr.TrailerAddr = metadata.Pairs(grpcmw.PushbackKey, pushback)
+					}
+				}
+				return status.Error(codes.Unavailable, "come back much later")
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		t.Run(pushback+"/capped", func(t *testing.T) {
+			clk := clock.NewFake(time.Now())
+			var delays []time.Duration
+			p := newRetry(clk, retry.WithMaxAttempts(2), retry.WithMaxHintWait(10*time.Second),
+				retry.WithOnRetry(func(_ int, _ error, d time.Duration) { delays = append(delays, d) }))
+			calls := 0
+			done := make(chan error, 1)
+			go func() {
+				done <- grpcmw.UnaryClientInterceptor(grpcmw.WithRetry(p))(ctx, "/svc/M", nil, nil, nil, invoker(&calls))
+			}()
+			clk.WaitForTimers(1)
+			clk.Advance(10 * time.Second)
+			requireCode(t, codes.Unavailable, <-done)
+			require.Equal(t, []time.Duration{10 * time.Second}, delays)
+			require.Equal(t, 2, calls)
+		})
+		t.Run(pushback+"/uncapped", func(t *testing.T) {
+			// The real clock: were the pushback read short, the retry would
+			// come at once and the test fail, rather than wait on a fake timer.
+			p := retry.New("huge-pushback", retry.WithMaxAttempts(2), retry.WithMaxHintWait(0), retry.WithBudget(nil),
+				retry.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }))
+			calls := 0
+			err := grpcmw.UnaryClientInterceptor(grpcmw.WithRetry(p))(ctx, "/svc/M", nil, nil, nil, invoker(&calls))
+			requireCode(t, codes.Unavailable, err)
+			require.Equal(t, 1, calls, "past the deadline: no retry")
+		})
+	}
+}

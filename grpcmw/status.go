@@ -3,6 +3,7 @@ package grpcmw
 import (
 	"context"
 	"errors"
+	"math"
 	"strconv"
 	"time"
 
@@ -66,6 +67,8 @@ func pushbackMD(d time.Duration) metadata.MD {
 	return metadata.Pairs(PushbackKey, strconv.FormatInt(int64(ms), 10))
 }
 
+const maxPushbackMillis = math.MaxInt64 / int64(time.Millisecond)
+
 // serverHint reads what a failed attempt's status and trailer say about
 // retrying: the pushback trailer first (gRFC A6: a negative or malformed value
 // means do not retry), then a RetryInfo detail.
@@ -74,6 +77,9 @@ func serverHint(st *status.Status, trailer metadata.MD) (bulwark.Hint, bool) {
 		ms, err := strconv.ParseInt(v[0], 10, 64)
 		if err != nil || ms < 0 {
 			return bulwark.Hint{NoRetry: true}, true
+		}
+		if ms > maxPushbackMillis { // beyond time.Duration: as long as it can say
+			return bulwark.Hint{RetryAfter: math.MaxInt64}, true
 		}
 		return bulwark.Hint{RetryAfter: time.Duration(ms) * time.Millisecond}, true
 	}
@@ -116,7 +122,10 @@ func codeOf(err error) codes.Code {
 	}
 	type grpcStatus interface{ GRPCStatus() *status.Status }
 	if gs, ok := err.(grpcStatus); ok {
-		return gs.GRPCStatus().Code()
+		if st := gs.GRPCStatus(); st != nil {
+			return st.Code()
+		}
+		return codes.Unknown // as status.Code says
 	}
 	if errors.Is(err, context.Canceled) {
 		return codes.Canceled
