@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"sync/atomic"
 
@@ -101,7 +102,7 @@ func trBuffer(body io.ReadCloser, limit int64) (buf []byte, once io.ReadCloser, 
 	if limit <= 0 {
 		return nil, body, nil
 	}
-	buf, err = io.ReadAll(io.LimitReader(body, limit+1))
+	buf, err = io.ReadAll(io.LimitReader(body, min(limit, math.MaxInt64-1)+1)) // one more byte tells a longer body
 	if err != nil {
 		_ = body.Close()
 		return nil, nil, fmt.Errorf("httpmw: reading the request body to replay it: %w", err)

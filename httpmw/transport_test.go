@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -905,6 +906,22 @@ func TestTransportLongBodyWithoutGetBodyIsSentOnce(t *testing.T) {
 	require.Equal(t, "short", calls[1].body)
 	require.Equal(t, "short", calls[2].body)
 	require.EqualValues(t, 1, body.closed.Load(), "the original is closed once, after buffering")
+}
+
+// The largest limit, "always buffer", buffers and replays the body: the one
+// extra byte read to tell a longer body must not overflow the limit.
+func TestTransportMaxReplayBodyWithoutBound(t *testing.T) {
+	t.Parallel()
+	u := trNewUpstream(t, trStatus(503, "down"), trStatus(200, "ok"))
+	clk := clock.NewFake(time.Time{})
+	c := u.client(WithRetry(trPolicy(clk, 3, nil)), WithMaxReplayBody(math.MaxInt64))
+	req, _ := http.NewRequest(http.MethodPut, u.srv.URL, io.NopCloser(strings.NewReader("payload"))) // no GetBody
+	done := trStart(c, req)
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, "ok", res.body)
+	require.Equal(t, []trCall{{method: http.MethodPut, body: "payload"}, {method: http.MethodPut, body: "payload"}}, u.seen())
 }
 
 func TestTransportCertificateErrorIsNotRetried(t *testing.T) {
