@@ -137,19 +137,18 @@ func (sw *srvWriter) ReadFrom(src io.Reader) (int64, error) {
 func (sw *srvWriter) Flush() { _ = sw.FlushError() }
 
 // FlushError flushes through the first writer down the Unwrap chain that can,
-// and returns http.ErrNotSupported when none can. A flushed response is
-// streaming: the Idempotency middleware does not store it.
+// and returns http.ErrNotSupported, changing nothing, when none can. A
+// flushed response is streaming: the Idempotency middleware does not store
+// it.
 func (sw *srvWriter) FlushError() error {
-	if sw.status == 0 {
-		sw.srvRecordHeader(http.StatusOK)
-	}
-	sw.flushed = true
 	rw := sw.rw
 	for {
 		switch t := rw.(type) {
 		case interface{ FlushError() error }:
+			sw.flushing()
 			return t.FlushError()
 		case http.Flusher:
+			sw.flushing()
 			t.Flush()
 			return nil
 		case interface{ Unwrap() http.ResponseWriter }:
@@ -158,6 +157,14 @@ func (sw *srvWriter) FlushError() error {
 			return http.ErrNotSupported
 		}
 	}
+}
+
+// flushing marks the response as streaming, its header sent by the flush.
+func (sw *srvWriter) flushing() {
+	if sw.status == 0 {
+		sw.srvRecordHeader(http.StatusOK)
+	}
+	sw.flushed = true
 }
 
 // Hijack takes over the connection through the first writer down the

@@ -131,6 +131,8 @@ func TestWriterWithoutOptionalInterfaces(t *testing.T) {
 	require.Same(t, pw, sw.Unwrap())
 	require.ErrorIs(t, sw.FlushError(), http.ErrNotSupported)
 	sw.Flush()
+	require.False(t, sw.flushed, "a flush that could not happen leaves the response storable")
+	require.Zero(t, sw.status, "and its header unwritten")
 	_, _, err := sw.Hijack()
 	require.ErrorIs(t, err, http.ErrNotSupported)
 	require.ErrorIs(t, http.NewResponseController(sw).Flush(), http.ErrNotSupported)
