@@ -99,8 +99,12 @@ func newConfig(opts []Option) config {
 // On the server a call the breaker rejects ends with Unavailable, a RetryInfo
 // detail and the grpc-retry-pushback-ms trailer, both set to the time until the
 // breaker admits a probe. On the client it ends, without reaching the network,
-// with an Unavailable status error that also matches [breaker.ErrOpen] and
-// carries the hint, so the retry policy waits for the breaker.
+// with an Unavailable status error that also matches the breaker's error
+// ([breaker.ErrOpen], or [breaker.ErrHalfOpenFull] when a half-open breaker
+// has all the probes it admits) and carries its hint, so the retry policy
+// waits for the breaker. The refusal of a breaker forced open, or half-open
+// with all its probes running, has no hint: nothing says when it will admit
+// calls again.
 func WithBreaker(b *breaker.Breaker) Option {
 	return func(c *config) { c.breaker, c.breakers = b, nil }
 }
