@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -166,7 +167,7 @@ func (s *MemoryStore) Claim(ctx context.Context, key Key, fp Fingerprint, lease 
 		return ClaimResult{}, ErrStoreFull
 	}
 	sh.seq++
-	sh.m[key] = memEntry{fp: fp, owner: tok, deadline: now + int64(lease), seq: sh.seq}
+	sh.m[key] = memEntry{fp: fp, owner: tok, deadline: deadline(now, lease), seq: sh.seq}
 	sh.push(queueItem{key: key, seq: sh.seq})
 	sh.bytes += EntryOverhead
 	sh.mu.Unlock()
@@ -193,7 +194,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp R
 	sh.seq++
 	e.completed = true
 	e.resp = enc
-	e.deadline = now + int64(retention)
+	e.deadline = deadline(now, retention)
 	e.seq = sh.seq
 	sh.m[key] = e
 	sh.push(queueItem{key: key, seq: sh.seq})
@@ -231,9 +232,22 @@ func (s *MemoryStore) Extend(ctx context.Context, key Key, owner Token, lease ti
 	if !ok {
 		return ErrLeaseLost
 	}
-	e.deadline = now + int64(lease)
+	e.deadline = deadline(now, lease)
 	sh.m[key] = e
 	return nil
+}
+
+// deadline returns now+d in unix nanoseconds, saturated to the int64 range:
+// a huge d (say math.MaxInt64) must mean "as long as can be counted", not
+// wrap around to a deadline in the past.
+func deadline(now int64, d time.Duration) int64 {
+	switch {
+	case d > 0 && now > math.MaxInt64-int64(d):
+		return math.MaxInt64
+	case d < 0 && now < math.MinInt64-int64(d):
+		return math.MinInt64
+	}
+	return now + int64(d)
 }
 
 // owned returns key's record if owner holds an unexpired lease on it.

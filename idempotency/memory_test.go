@@ -3,6 +3,7 @@ package idempotency_test
 import (
 	"context"
 	"encoding/binary"
+	"math"
 	"testing"
 	"time"
 
@@ -142,4 +143,30 @@ func TestMemoryBytesBound(t *testing.T) {
 		require.NoError(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Body: make([]byte, 1000)}, time.Hour))
 		require.LessOrEqual(t, s.Bytes(), int64(budget))
 	}
+}
+
+// TestMemoryHugeDurations: a lease or retention too long for the deadline to
+// be represented lasts as long as the store can count, rather than wrapping
+// around to a deadline in the past (a completed record born expired would
+// let its repeat run again).
+func TestMemoryHugeDurations(t *testing.T) {
+	const forever = time.Duration(math.MaxInt64)
+	clk := clock.NewFake(time.Time{})
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{Clock: clk})
+	ctx := context.Background()
+	k := nthKey(1)
+	r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, forever)
+	require.NoError(t, err)
+	again, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.InFlight, again.Status, "a claim with a huge lease holds the key")
+	require.NoError(t, s.Extend(ctx, k, r.Owner, forever))
+	again, err = s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.InFlight, again.Status, "an extension by a huge lease holds the key")
+	require.NoError(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Status: 201}, forever))
+	clk.Advance(100 * 365 * 24 * time.Hour)
+	again, err = s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.Completed, again.Status, "a response kept for a huge retention is replayed")
 }
