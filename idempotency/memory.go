@@ -232,8 +232,14 @@ func (s *MemoryStore) Extend(ctx context.Context, key Key, owner Token, lease ti
 	if !ok {
 		return ErrLeaseLost
 	}
+	// Re-queue the record, so that the queue stays in order of the last
+	// deadline change and a long-running request at its front does not
+	// keep sweep from reaching the expired records behind it.
+	sh.seq++
 	e.deadline = deadline(now, lease)
+	e.seq = sh.seq
 	sh.m[key] = e
+	sh.push(queueItem{key: key, seq: sh.seq})
 	return nil
 }
 

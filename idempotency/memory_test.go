@@ -170,3 +170,23 @@ func TestMemoryHugeDurations(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, idempotency.Completed, again.Status, "a response kept for a huge retention is replayed")
 }
+
+// TestMemoryExtendRequeues: an extended lease moves to the back of its
+// shard's expiry queue, so a long-running request claimed early does not
+// keep the expired records queued behind it from being removed.
+func TestMemoryExtendRequeues(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{Clock: clk})
+	ctx := context.Background()
+	sameShard := func(i byte) idempotency.Key { return idempotency.Key{0: 7, 1: i} }
+	long, err := s.Claim(ctx, sameShard(0), idempotency.Fingerprint{}, 10*time.Second)
+	require.NoError(t, err)
+	short, err := s.Claim(ctx, sameShard(1), idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Complete(ctx, sameShard(1), short.Owner, idempotency.Response{Status: 200}, time.Second))
+	clk.Advance(5 * time.Second)
+	require.NoError(t, s.Extend(ctx, sameShard(0), long.Owner, 10*time.Second))
+	_, err = s.Claim(ctx, sameShard(2), idempotency.Fingerprint{}, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, 2, s.Len(), "the claim removed the expired record queued behind the extended lease")
+}
