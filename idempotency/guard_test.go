@@ -292,3 +292,24 @@ bulwark_idempotency_store_errors_total{name="orders",op="release"} 1
 	require.NoError(t, err)
 	require.Empty(t, problems)
 }
+
+// TestGuardStoresLargeResponse: a response larger than a MemoryStore
+// shard's share of MaxBytes is stored and replayed, rather than failing to
+// store, leaving the key in flight for the lease and then running again.
+func TestGuardStoresLargeResponse(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	g := idempotency.New("big", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 4 << 20, Clock: clk}), idempotency.WithClock(clk))
+	runs := 0
+	fn := func(context.Context) (idempotency.Response, error) {
+		runs++
+		return idempotency.Response{Status: 200, Body: make([]byte, 200<<10)}, nil
+	}
+	_, out, err := g.Do(bg, req("k", "a"), fn)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.ResultNew, out.Result)
+	resp, out, err := g.Do(bg, req("k", "a"), fn)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.ResultReplayed, out.Result)
+	require.Len(t, resp.Body, 200<<10)
+	require.Equal(t, 1, runs)
+}

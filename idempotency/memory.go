@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
@@ -17,7 +18,8 @@ type MemoryConfig struct {
 	MaxEntries int
 	// MaxBytes bounds the memory the records take, counted as a fixed
 	// per-record overhead (EntryOverhead) plus each stored response's
-	// encoded length. Default 64 MiB.
+	// encoded length. It bounds the whole store: one record may take all
+	// of it. Default 64 MiB.
 	MaxBytes int64
 	// Clock is the time source for leases and retention. Default: the
 	// real clock.
@@ -34,17 +36,23 @@ const maxMemoryShards = 32
 // instance, and the reference the other stores are tested against.
 //
 // Records live in up to 32 shards (fewer for small bounds) chosen by the
-// key's first byte, each a map under
-// its own mutex with a FIFO queue of records in order of their last deadline
-// change. Expired records are treated as absent at once and removed lazily:
-// every claim drops a few expired records from the front of its shard's
-// queue. When a shard is full (MaxEntries or MaxBytes, divided evenly among
-// the shards), a claim or complete first removes expired records, then evicts
-// the oldest completed records (their replay is lost, so size the store for
-// the traffic over the retention period); records in flight are never
-// evicted, and when only they remain the call fails with ErrStoreFull, which
-// the Guard treats like any store failure. Stored responses are kept encoded
-// (one allocation per Complete) and decoded on replay.
+// key's first byte, each a map under its own mutex with a FIFO queue of
+// records in order of their last deadline change (claim, complete, extend).
+// Expired records are treated as absent at once and removed lazily: every
+// claim drops a few expired records from the front of its shard's queue.
+//
+// MaxEntries is divided evenly among the shards; MaxBytes is one budget for
+// the whole store, kept in a shared counter. When a claim finds its shard at
+// its share of MaxEntries, or a claim or complete finds the store at
+// MaxBytes, it removes expired records and evicts the oldest completed ones
+// (their replay is lost, so size the store for the traffic over the
+// retention period), in queue order. For an entry it looks in its own shard
+// only; for bytes, in its own shard first, then in the others, one at a
+// time and never holding two shards' locks. Records in flight are never
+// evicted; when only they remain the call fails with ErrStoreFull, which
+// the Guard treats like any store failure. So any record up to MaxBytes,
+// its EntryOverhead included, can be stored. Stored responses are kept
+// encoded (one allocation per Complete) and decoded on replay.
 //
 // The zero value is not usable; call NewMemoryStore. A MemoryStore is safe
 // for concurrent use.
@@ -52,6 +60,7 @@ type MemoryStore struct {
 	clock  clock.Clock
 	mask   int
 	shards [maxMemoryShards]memShard
+	bytes  byteCount // after the shards, whose padding keeps it off their cache lines
 }
 
 // NewMemoryStore returns an empty MemoryStore.
@@ -62,18 +71,20 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = 64 << 20
 	}
-	// Use as many shards as the bounds allow each one a few records, so
-	// that the per-shard limits add up to no more than the configured ones.
+	// Use as many shards as the bounds allow each one a few records: the
+	// per-shard entry limits add up to no more than MaxEntries, and a
+	// shard's share of MaxBytes holds enough records that making room
+	// seldom has to look beyond the shard.
 	n := maxMemoryShards
 	for n > 1 && (cfg.MaxEntries < 4*n || cfg.MaxBytes < int64(n)*16*EntryOverhead) {
 		n /= 2
 	}
-	s := &MemoryStore{clock: clock.OrReal(cfg.Clock), mask: n - 1}
+	s := &MemoryStore{clock: clock.OrReal(cfg.Clock), mask: n - 1, bytes: byteCount{max: cfg.MaxBytes}}
 	for i := 0; i < n; i++ {
 		s.shards[i] = memShard{
 			m:          make(map[Key]memEntry),
+			total:      &s.bytes,
 			maxEntries: cfg.MaxEntries / n,
-			maxBytes:   cfg.MaxBytes / int64(n),
 		}
 	}
 	return s
@@ -101,13 +112,40 @@ type memShard struct {
 	q          []queueItem // q[head:] is the FIFO
 	head       int
 	seq        uint64
-	bytes      int64
+	total      *byteCount // the store's
 	maxEntries int
-	maxBytes   int64
 	_          [64]byte // keep shards on separate cache lines
 }
 
-func (s *MemoryStore) shard(k Key) *memShard { return &s.shards[int(k[0])&s.mask] }
+// shard returns the index and the shard of key.
+func (s *MemoryStore) shard(k Key) (int, *memShard) {
+	i := int(k[0]) & s.mask
+	return i, &s.shards[i]
+}
+
+// byteCount is the bytes a MemoryStore's records take, plus those reserved
+// by calls about to add to a record; it never exceeds max.
+type byteCount struct {
+	n   atomic.Int64
+	max int64
+}
+
+// reserve adds n to the count if the sum stays within max, and reports
+// whether it did.
+func (c *byteCount) reserve(n int64) bool {
+	for {
+		b := c.n.Load()
+		if b+n > c.max {
+			return false
+		}
+		if c.n.CompareAndSwap(b, b+n) {
+			return true
+		}
+	}
+}
+
+// release takes n back off the count.
+func (c *byteCount) release(n int64) { c.n.Add(-n) }
 
 // Len returns the number of records held, including expired ones not yet
 // removed.
@@ -122,17 +160,12 @@ func (s *MemoryStore) Len() int {
 	return n
 }
 
-// Bytes returns the memory the records take, as counted against MaxBytes.
-func (s *MemoryStore) Bytes() int64 {
-	var n int64
-	for i := 0; i <= s.mask; i++ {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += sh.bytes
-		sh.mu.Unlock()
-	}
-	return n
-}
+// Bytes returns the memory the records take, as counted against MaxBytes,
+// including expired records not yet removed. It never exceeds MaxBytes. It
+// is exact when no call is in progress; while calls run, it also counts the
+// bytes they have reserved for the records they are about to add or
+// complete.
+func (s *MemoryStore) Bytes() int64 { return s.bytes.n.Load() }
 
 // Claim implements Store.
 func (s *MemoryStore) Claim(ctx context.Context, key Key, fp Fingerprint, lease time.Duration) (ClaimResult, error) {
@@ -141,35 +174,53 @@ func (s *MemoryStore) Claim(ctx context.Context, key Key, fp Fingerprint, lease 
 	}
 	tok := NewToken()
 	now := s.clock.Now().UnixNano()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	if e, ok := sh.m[key]; ok {
-		if e.deadline > now {
-			sh.mu.Unlock()
-			switch {
-			case e.fp != fp:
-				return ClaimResult{Status: Mismatch}, nil
-			case e.completed:
-				resp, err := DecodeResponse(e.resp)
-				if err != nil {
-					return ClaimResult{}, err
+	i, sh := s.shard(key)
+	reserved := false // the new record's bytes, reserved while sh was unlocked
+	for {
+		sh.mu.Lock()
+		if e, ok := sh.m[key]; ok {
+			if e.deadline > now {
+				sh.mu.Unlock()
+				if reserved {
+					s.bytes.release(EntryOverhead)
 				}
-				return ClaimResult{Status: Completed, Response: resp}, nil
-			default:
-				return ClaimResult{Status: InFlight, RetryAfter: time.Duration(e.deadline - now)}, nil
+				switch {
+				case e.fp != fp:
+					return ClaimResult{Status: Mismatch}, nil
+				case e.completed:
+					resp, err := DecodeResponse(e.resp)
+					if err != nil {
+						return ClaimResult{}, err
+					}
+					return ClaimResult{Status: Completed, Response: resp}, nil
+				default:
+					return ClaimResult{Status: InFlight, RetryAfter: time.Duration(e.deadline - now)}, nil
+				}
 			}
+			sh.remove(key, &e)
 		}
-		sh.remove(key, &e)
-	}
-	sh.sweep(now, 4)
-	if !sh.makeRoom(now, true, EntryOverhead) {
+		sh.sweep(now, 4)
+		if !sh.makeRoom(now, true, 0) {
+			sh.mu.Unlock()
+			if reserved {
+				s.bytes.release(EntryOverhead)
+			}
+			return ClaimResult{}, ErrStoreFull
+		}
+		if reserved || sh.makeRoom(now, false, EntryOverhead) {
+			break
+		}
+		// Make room in the other shards with sh unlocked, then look at
+		// the key again: another claim may have taken it meanwhile.
 		sh.mu.Unlock()
-		return ClaimResult{}, ErrStoreFull
+		if !s.makeRoomElsewhere(i, now, EntryOverhead) {
+			return ClaimResult{}, ErrStoreFull
+		}
+		reserved = true
 	}
 	sh.seq++
 	sh.m[key] = memEntry{fp: fp, owner: tok, deadline: deadline(now, lease), seq: sh.seq}
 	sh.push(queueItem{key: key, seq: sh.seq})
-	sh.bytes += EntryOverhead
 	sh.mu.Unlock()
 	return ClaimResult{Status: Claimed, Owner: tok}, nil
 }
@@ -180,16 +231,35 @@ func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp R
 		return err
 	}
 	enc, _ := resp.AppendBinary(make([]byte, 0, resp.EncodedLen()))
+	size := int64(len(enc))
 	now := s.clock.Now().UnixNano()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	e, ok := sh.owned(key, owner, now)
-	if !ok {
-		return ErrLeaseLost
-	}
-	if !sh.makeRoom(now, false, int64(len(enc))) {
-		return ErrStoreFull
+	i, sh := s.shard(key)
+	var e memEntry
+	reserved := false // size, reserved while sh was unlocked
+	for {
+		sh.mu.Lock()
+		var ok bool
+		if e, ok = sh.owned(key, owner, now); !ok {
+			sh.mu.Unlock()
+			if reserved {
+				s.bytes.release(size)
+			}
+			return ErrLeaseLost
+		}
+		if EntryOverhead+size > s.bytes.max {
+			sh.mu.Unlock()
+			return ErrStoreFull // evicting everything would not make room
+		}
+		if reserved || sh.makeRoom(now, false, size) {
+			break
+		}
+		// Make room in the other shards with sh unlocked, then check the
+		// lease again: it may have lapsed and passed to another owner.
+		sh.mu.Unlock()
+		if !s.makeRoomElsewhere(i, now, size) {
+			return ErrStoreFull
+		}
+		reserved = true
 	}
 	sh.seq++
 	e.completed = true
@@ -198,7 +268,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp R
 	e.seq = sh.seq
 	sh.m[key] = e
 	sh.push(queueItem{key: key, seq: sh.seq})
-	sh.bytes += int64(len(enc))
+	sh.mu.Unlock()
 	return nil
 }
 
@@ -208,7 +278,7 @@ func (s *MemoryStore) Release(ctx context.Context, key Key, owner Token) error {
 		return err
 	}
 	now := s.clock.Now().UnixNano()
-	sh := s.shard(key)
+	_, sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e, ok := sh.owned(key, owner, now)
@@ -225,7 +295,7 @@ func (s *MemoryStore) Extend(ctx context.Context, key Key, owner Token, lease ti
 		return err
 	}
 	now := s.clock.Now().UnixNano()
-	sh := s.shard(key)
+	_, sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e, ok := sh.owned(key, owner, now)
@@ -267,7 +337,7 @@ func (sh *memShard) owned(key Key, owner Token, now int64) (memEntry, bool) {
 
 func (sh *memShard) remove(key Key, e *memEntry) {
 	delete(sh.m, key)
-	sh.bytes -= e.size()
+	sh.total.release(e.size())
 }
 
 func (sh *memShard) push(it queueItem) {
@@ -331,15 +401,13 @@ func (sh *memShard) sweep(now int64, n int) {
 	}
 }
 
-// makeRoom removes expired records, then evicts the oldest completed ones,
-// until there is room for a new record (when entry is set) and bytes more
-// bytes. Records in flight are rotated to the back. It reports whether it
-// made room.
+// makeRoom removes expired records and evicts the oldest completed ones, in
+// queue order, until the shard has room for a new record (when entry is set)
+// and bytes more bytes (if any) are reserved in the store's count. Records
+// in flight are rotated to the back. It reports whether it made room; when
+// it did not, it reserved nothing.
 func (sh *memShard) makeRoom(now int64, entry bool, bytes int64) bool {
-	if bytes > sh.maxBytes {
-		return false
-	}
-	for budget := len(sh.q) - sh.head; (entry && len(sh.m) >= sh.maxEntries) || sh.bytes+bytes > sh.maxBytes; budget-- {
+	for budget := len(sh.q) - sh.head; (entry && len(sh.m) >= sh.maxEntries) || (bytes > 0 && !sh.total.reserve(bytes)); budget-- {
 		if budget == 0 {
 			return false
 		}
@@ -358,4 +426,21 @@ func (sh *memShard) makeRoom(now int64, entry bool, bytes int64) bool {
 		sh.q = append(sh.q, it) // in flight: keep it, look at the next one
 	}
 	return true
+}
+
+// makeRoomElsewhere reserves bytes in the store's count, making room as
+// makeRoom does in the shards after the i-th, one at a time, and at last in
+// the i-th again. The caller holds no shard's lock. It reports whether it
+// reserved the bytes.
+func (s *MemoryStore) makeRoomElsewhere(i int, now int64, bytes int64) bool {
+	for j := 1; j <= s.mask+1; j++ {
+		sh := &s.shards[(i+j)&s.mask]
+		sh.mu.Lock()
+		ok := sh.makeRoom(now, false, bytes)
+		sh.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 package idempotency_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"math"
@@ -189,4 +190,70 @@ func TestMemoryExtendRequeues(t *testing.T) {
 	_, err = s.Claim(ctx, sameShard(2), idempotency.Fingerprint{}, time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, 2, s.Len(), "the claim removed the expired record queued behind the extended lease")
+}
+
+// TestMemoryLargeRecord: MaxBytes bounds the whole store, not each shard: a
+// record may take all of it, evicting the completed records of every shard
+// to make room, but never a lease.
+func TestMemoryLargeRecord(t *testing.T) {
+	const maxBytes = 4 << 20 // 32 shards: 128 KiB each if it were split
+	clk := clock.NewFake(time.Time{})
+	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: maxBytes, Clock: clk})
+	ctx := context.Background()
+	claim := func(k idempotency.Key) idempotency.Token {
+		t.Helper()
+		r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.Claimed, r.Status)
+		return r.Owner
+	}
+	replayed := func(k idempotency.Key, resp idempotency.Response) {
+		t.Helper()
+		r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, idempotency.Completed, r.Status)
+		require.Equal(t, resp.Body, r.Response.Body)
+	}
+
+	k := nthKey(0)
+	resp := idempotency.Response{Status: 200, Body: bytes.Repeat([]byte{'x'}, 200<<10)}
+	require.NoError(t, s.Complete(ctx, k, claim(k), resp, time.Hour), "a 200 KiB response in a 4 MiB store")
+	replayed(k, resp)
+
+	for i := range uint64(1000) {
+		k := nthKey(i + 1)
+		require.NoError(t, s.Complete(ctx, k, claim(k), idempotency.Response{Status: 200, Body: make([]byte, 1000)}, time.Hour))
+	}
+	k = nthKey(2000)
+	whole := responseOfLen(t, maxBytes-idempotency.EntryOverhead)
+	require.NoError(t, s.Complete(ctx, k, claim(k), whole, time.Hour), "a record of exactly MaxBytes")
+	require.Equal(t, 1, s.Len(), "every other record was evicted")
+	require.Equal(t, int64(maxBytes), s.Bytes())
+	replayed(k, whole)
+
+	// A lease is never evicted: with one held, the same record does not
+	// fit, and one that leaves room for the lease does.
+	held := nthKey(3000)
+	heldOwner := claim(held)
+	k = nthKey(3001)
+	owner := claim(k)
+	require.ErrorIs(t, s.Complete(ctx, k, owner, whole, time.Hour), idempotency.ErrStoreFull)
+	require.NoError(t, s.Extend(ctx, held, heldOwner, time.Minute))
+	rest := responseOfLen(t, maxBytes-2*idempotency.EntryOverhead)
+	require.NoError(t, s.Complete(ctx, k, owner, rest, time.Hour))
+	require.Equal(t, int64(maxBytes), s.Bytes())
+	require.NoError(t, s.Release(ctx, held, heldOwner))
+}
+
+// responseOfLen returns a response whose encoding is n bytes long.
+func responseOfLen(t *testing.T, n int) idempotency.Response {
+	t.Helper()
+	for body := n; body >= 0; body-- {
+		r := idempotency.Response{Status: 200, Body: make([]byte, body)}
+		if r.EncodedLen() == n {
+			return r
+		}
+	}
+	t.Fatalf("no response encodes to %d bytes", n)
+	return idempotency.Response{}
 }
