@@ -34,6 +34,11 @@ var (
 	// ErrStoreFull: the memory store is full of live records and none can
 	// be evicted (see MemoryStore).
 	ErrStoreFull = errors.New("idempotency: memory store full")
+	// ErrResponseTooLarge: the response is larger than the store can ever
+	// hold, however empty (for MemoryStore, EntryOverhead plus the
+	// response's encoding exceed MaxBytes). Lease.Complete then releases
+	// the key, so that a retry runs the request again.
+	ErrResponseTooLarge = errors.New("idempotency: response too large to store")
 )
 
 // InFlightError is the error Begin returns when another request holds the
@@ -56,7 +61,7 @@ func (e *InFlightError) RetryHint() bulwark.Hint { return bulwark.Hint{RetryAfte
 
 // StoreError is the error the Guard returns when a store operation fails. It
 // is ErrStoreUnavailable for errors.Is and unwraps to the cause (a network
-// error, context.DeadlineExceeded, ErrStoreFull, ...).
+// error, context.DeadlineExceeded, ErrStoreFull, ErrResponseTooLarge, ...).
 type StoreError struct {
 	Op  string // "claim", "complete", "release" or "extend"
 	Err error

@@ -103,15 +103,19 @@ func FuzzMemoryStoreBounds(f *testing.F) {
 					break
 				}
 				// Everything but the leases can be evicted, in any shard.
-				need := int64(idempotency.EntryOverhead + (&idempotency.Response{Status: 201, Body: body}).EncodedLen())
+				size := int64(idempotency.EntryOverhead + (&idempotency.Response{Status: 201, Body: body}).EncodedLen())
+				need := size
 				for k, r := range model {
 					if k != key && !r.completed && now.Before(r.until) {
 						need += idempotency.EntryOverhead
 					}
 				}
-				if need <= maxBytes {
+				switch {
+				case size > maxBytes:
+					expect(t, i, errors.Is(err, idempotency.ErrResponseTooLarge), "too large for an empty store", nil, err)
+				case need <= maxBytes:
 					expect(t, i, err == nil, "completed (the leases leave room)", nil, err)
-				} else {
+				default:
 					expect(t, i, errors.Is(err, idempotency.ErrStoreFull), "full (the leases leave no room)", nil, err)
 				}
 				if err == nil {

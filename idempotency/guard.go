@@ -399,14 +399,27 @@ func (l *Lease) Finish(ctx context.Context, resp Response) error {
 // lapsed and the key was claimed again (the response is then not stored),
 // or a *StoreError if the store failed (the key stays in flight until the
 // lease lapses).
+//
+// When the store can never hold resp (ErrResponseTooLarge), Complete
+// releases the key, so that a retry runs the request again rather than
+// being told it is in flight until the lease lapses, and returns a
+// *StoreError wrapping ErrResponseTooLarge; if the release fails too, the
+// release's error is joined to it and the key stays in flight until the
+// lease lapses.
 func (l *Lease) Complete(ctx context.Context, resp Response) error {
 	if !l.stop() {
 		return errLeaseFinished
 	}
 	g := l.g
-	return g.op(ctx, g.m.complete, "complete", func(ctx context.Context) error {
+	err := g.op(ctx, g.m.complete, "complete", func(ctx context.Context) error {
 		return g.store.Complete(ctx, l.key, l.owner, resp, g.cfg.retention)
 	})
+	if errors.Is(err, ErrResponseTooLarge) {
+		if rerr := l.release(ctx); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	}
+	return err
 }
 
 // Release frees the key so that the next request with it runs again; for
@@ -415,6 +428,11 @@ func (l *Lease) Release(ctx context.Context) error {
 	if !l.stop() {
 		return errLeaseFinished
 	}
+	return l.release(ctx)
+}
+
+// release deletes the record; the renewal must have stopped.
+func (l *Lease) release(ctx context.Context) error {
 	g := l.g
 	return g.op(ctx, g.m.release, "release", func(ctx context.Context) error {
 		return g.store.Release(ctx, l.key, l.owner)

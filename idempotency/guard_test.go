@@ -313,3 +313,35 @@ func TestGuardStoresLargeResponse(t *testing.T) {
 	require.Len(t, resp.Body, 200<<10)
 	require.Equal(t, 1, runs)
 }
+
+// TestGuardReleasesTooLargeResponse: a response the store can never hold is
+// reported, and its key released, so that a retry runs the request again at
+// once instead of being told for the whole lease that it is in flight.
+func TestGuardReleasesTooLargeResponse(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	g := idempotency.New("big", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 64 << 10, Clock: clk}), idempotency.WithClock(clk))
+	runs := 0
+	fn := func(context.Context) (idempotency.Response, error) {
+		runs++
+		return idempotency.Response{Status: 200, Body: make([]byte, 100<<10)}, nil
+	}
+	for range 2 {
+		resp, out, err := g.Do(bg, req("k", "a"), fn)
+		require.Equal(t, idempotency.ResultNew, out.Result, "the retry runs again")
+		require.Len(t, resp.Body, 100<<10, "the caller still gets the response")
+		require.ErrorIs(t, err, idempotency.ErrResponseTooLarge)
+		var se *idempotency.StoreError
+		require.ErrorAs(t, err, &se)
+		require.Equal(t, "complete", se.Op)
+	}
+	require.Equal(t, 2, runs)
+
+	// When the release fails too, both errors are reported.
+	store := scriptedStore{complete: idempotency.ErrResponseTooLarge, release: errors.New("connection reset")}
+	g = idempotency.New("big", store, idempotency.WithClock(clk))
+	out, err := g.Begin(bg, req("k", "a"))
+	require.NoError(t, err)
+	err = out.Lease.Complete(bg, idempotency.Response{Status: 200})
+	require.ErrorIs(t, err, idempotency.ErrResponseTooLarge)
+	require.ErrorContains(t, err, "connection reset")
+}

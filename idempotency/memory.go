@@ -51,8 +51,9 @@ const maxMemoryShards = 32
 // time and never holding two shards' locks. Records in flight are never
 // evicted; when only they remain the call fails with ErrStoreFull, which
 // the Guard treats like any store failure. So any record up to MaxBytes,
-// its EntryOverhead included, can be stored. Stored responses are kept
-// encoded (one allocation per Complete) and decoded on replay.
+// its EntryOverhead included, can be stored; a larger one fails at once with
+// ErrResponseTooLarge, evicting nothing. Stored responses are kept encoded
+// (one allocation per Complete) and decoded on replay.
 //
 // The zero value is not usable; call NewMemoryStore. A MemoryStore is safe
 // for concurrent use.
@@ -225,7 +226,9 @@ func (s *MemoryStore) Claim(ctx context.Context, key Key, fp Fingerprint, lease 
 	return ClaimResult{Status: Claimed, Owner: tok}, nil
 }
 
-// Complete implements Store.
+// Complete implements Store. It returns ErrResponseTooLarge when
+// EntryOverhead plus resp's encoded length exceed MaxBytes, and ErrStoreFull
+// when records in flight leave no room for resp.
 func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp Response, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -248,7 +251,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key Key, owner Token, resp R
 		}
 		if EntryOverhead+size > s.bytes.max {
 			sh.mu.Unlock()
-			return ErrStoreFull // evicting everything would not make room
+			return ErrResponseTooLarge // evicting everything would not make room
 		}
 		if reserved || sh.makeRoom(now, false, size) {
 			break

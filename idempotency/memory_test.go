@@ -126,8 +126,8 @@ func TestMemoryNeverEvictsInFlight(t *testing.T) {
 	}
 }
 
-// TestMemoryBytesBound: a response larger than the budget is refused, and
-// completed responses are evicted to make room for new ones.
+// TestMemoryBytesBound: a response larger than the budget is refused as too
+// large, and completed responses are evicted to make room for new ones.
 func TestMemoryBytesBound(t *testing.T) {
 	const budget = 8 * 1024
 	s := idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxEntries: 1000, MaxBytes: budget})
@@ -135,7 +135,7 @@ func TestMemoryBytesBound(t *testing.T) {
 	k := nthKey(1)
 	r, err := s.Claim(ctx, k, idempotency.Fingerprint{}, time.Minute)
 	require.NoError(t, err)
-	require.ErrorIs(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Body: make([]byte, budget)}, time.Hour), idempotency.ErrStoreFull)
+	require.ErrorIs(t, s.Complete(ctx, k, r.Owner, idempotency.Response{Body: make([]byte, budget)}, time.Hour), idempotency.ErrResponseTooLarge)
 	require.NoError(t, s.Release(ctx, k, r.Owner))
 	for i := range uint64(100) {
 		k := nthKey(i + 10)
@@ -224,6 +224,17 @@ func TestMemoryLargeRecord(t *testing.T) {
 		k := nthKey(i + 1)
 		require.NoError(t, s.Complete(ctx, k, claim(k), idempotency.Response{Status: 200, Body: make([]byte, 1000)}, time.Hour))
 	}
+
+	// A byte more than MaxBytes can never fit: refused at once, evicting
+	// nothing.
+	k = nthKey(1999)
+	owner := claim(k)
+	held := s.Len()
+	tooLarge := responseOfLen(t, maxBytes-idempotency.EntryOverhead+1)
+	require.ErrorIs(t, s.Complete(ctx, k, owner, tooLarge, time.Hour), idempotency.ErrResponseTooLarge)
+	require.Equal(t, held, s.Len())
+	require.NoError(t, s.Release(ctx, k, owner))
+
 	k = nthKey(2000)
 	whole := responseOfLen(t, maxBytes-idempotency.EntryOverhead)
 	require.NoError(t, s.Complete(ctx, k, claim(k), whole, time.Hour), "a record of exactly MaxBytes")
@@ -233,16 +244,16 @@ func TestMemoryLargeRecord(t *testing.T) {
 
 	// A lease is never evicted: with one held, the same record does not
 	// fit, and one that leaves room for the lease does.
-	held := nthKey(3000)
-	heldOwner := claim(held)
+	lease := nthKey(3000)
+	leaseOwner := claim(lease)
 	k = nthKey(3001)
-	owner := claim(k)
+	owner = claim(k)
 	require.ErrorIs(t, s.Complete(ctx, k, owner, whole, time.Hour), idempotency.ErrStoreFull)
-	require.NoError(t, s.Extend(ctx, held, heldOwner, time.Minute))
+	require.NoError(t, s.Extend(ctx, lease, leaseOwner, time.Minute))
 	rest := responseOfLen(t, maxBytes-2*idempotency.EntryOverhead)
 	require.NoError(t, s.Complete(ctx, k, owner, rest, time.Hour))
 	require.Equal(t, int64(maxBytes), s.Bytes())
-	require.NoError(t, s.Release(ctx, held, heldOwner))
+	require.NoError(t, s.Release(ctx, lease, leaseOwner))
 }
 
 // responseOfLen returns a response whose encoding is n bytes long.

@@ -29,7 +29,9 @@ type Store interface {
 	Claim(ctx context.Context, key Key, fp Fingerprint, lease time.Duration) (ClaimResult, error)
 	// Complete stores resp for retention and ends the lease, if owner still
 	// holds an unexpired lease on key; otherwise it returns ErrLeaseLost and
-	// changes nothing.
+	// changes nothing. A store that bounds its size returns
+	// ErrResponseTooLarge, and changes nothing, for a response it could
+	// never hold.
 	Complete(ctx context.Context, key Key, owner Token, resp Response, retention time.Duration) error
 	// Release deletes the record, if owner still holds an unexpired lease on
 	// key, so the next claim runs the request again; otherwise it returns
