@@ -452,3 +452,20 @@ func TestIdempotencyResultOverTheBoundIsReleased(t *testing.T) {
 	}
 	require.Equal(t, 2, svc.Ledger(), "not stored, so the retry ran again")
 }
+
+// With the defaults, a result of a few MiB is stored and replayed: the
+// default memory store holds any record up to its whole size, not only up to
+// one shard's share of it.
+func TestIdempotencyLargeResultIsReplayed(t *testing.T) {
+	g := idempotency.New("large", nil) // the default MemoryStore
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g)))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "large-1")
+	body := strings.Repeat("b", 3<<20) // echoed: a 3 MiB response
+	for range 2 {
+		resp, err := c.UnaryCall(ctx, payload(body))
+		require.NoError(t, err)
+		require.Len(t, resp.GetPayload().GetBody(), len(body))
+	}
+	require.Equal(t, 1, svc.Ledger(), "the repeat is a replay")
+}

@@ -525,3 +525,25 @@ func TestIdempotencyBodyErrorsClaimNothing(t *testing.T) {
 	require.Equal(t, http.StatusCreated, rec.Code, "the key was never claimed")
 	require.Equal(t, []string{"whole"}, ledger.runs)
 }
+
+// A response within WithMaxStoredResponse is stored and replayed with the
+// default store, though it is larger than one shard's share of the store.
+func TestIdempotencyLargeResponseWithinTheBoundIsReplayed(t *testing.T) {
+	g := idempotency.New("large", nil, idempotency.WithRegisterer(prometheus.NewPedanticRegistry()))
+	var runs atomic.Int32
+	big := strings.Repeat("x", 3<<20)
+	h := Idempotency(g, WithoutScope(), WithMaxStoredResponse(4<<20))(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		runs.Add(1)
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, big)
+	}))
+	for i := range 2 {
+		req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader("b"))
+		req.Header.Set("Idempotency-Key", "k")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusCreated, rec.Code, "attempt %d", i+1)
+		require.Equal(t, len(big), rec.Body.Len())
+	}
+	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
+}
