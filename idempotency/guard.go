@@ -252,7 +252,9 @@ func (g *Guard) Begin(ctx context.Context, req Request) (Outcome, error) {
 	cancel()
 	if err != nil {
 		g.m.storeError.Inc()
-		g.m.claim.errors.Inc()
+		if ctx.Err() == nil { // as in op
+			g.m.claim.errors.Inc()
+		}
 		serr := &StoreError{Op: "claim", Err: err}
 		if g.cfg.failOpen && ctx.Err() == nil {
 			return Outcome{Result: ResultStoreError, Err: serr, run: true}, nil
@@ -454,6 +456,8 @@ func (g *Guard) op(ctx context.Context, m opMetrics, opName string, call func(co
 		g.m.leaseLost.Inc()
 		return err
 	}
-	m.errors.Inc()
+	if ctx.Err() == nil { // the caller's context ending (a lease's renewal stopped) is not the store failing
+		m.errors.Inc()
+	}
 	return &StoreError{Op: opName, Err: err}
 }

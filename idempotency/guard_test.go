@@ -293,6 +293,27 @@ bulwark_idempotency_store_errors_total{name="orders",op="release"} 1
 	require.Empty(t, problems)
 }
 
+// A store call cut short by the caller's own context (a cancelled request, a
+// lease renewal stopped by Complete) is not a store error on the dashboard.
+func TestGuardCallerCancellationIsNotAStoreError(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	g := idempotency.New("orders", nil, idempotency.WithRegisterer(reg))
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	_, err := g.Begin(ctx, req("k1", "a"))
+	require.ErrorIs(t, err, context.Canceled)
+
+	want := `
+# HELP bulwark_idempotency_store_errors_total Idempotency store operations that failed or timed out, by operation. A failed complete or release after the handler ran leaves the key locked until its lease ends.
+# TYPE bulwark_idempotency_store_errors_total counter
+bulwark_idempotency_store_errors_total{name="orders",op="claim"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="complete"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="extend"} 0
+bulwark_idempotency_store_errors_total{name="orders",op="release"} 0
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "bulwark_idempotency_store_errors_total"))
+}
+
 // TestGuardStoresLargeResponse: a response larger than a MemoryStore
 // shard's share of MaxBytes is stored and replayed, rather than failing to
 // store, leaving the key in flight for the lease and then running again.
