@@ -48,8 +48,9 @@ func WithHint(err error, h Hint) error {
 	return &hintError{err: err, hint: h}
 }
 
-// Permanent marks err as not worth retrying: [HintOf] reports NoRetry for it
-// and retry policies return it after the attempt that produced it. It returns
+// Permanent marks err as not worth retrying: [HintOf] reports NoRetry for it,
+// [IsPermanent] reports true for it and for any error that wraps it, and retry
+// policies return it after the attempt that produced it. It returns
 // nil when err is nil. The retry package also honours backoff.Permanent from
 // github.com/cenkalti/backoff/v4.
 func Permanent(err error) error {
@@ -57,10 +58,45 @@ func Permanent(err error) error {
 }
 
 // IsPermanent reports whether err, or an error it wraps, carries a hint with
-// NoRetry set.
+// NoRetry set. Unlike [HintOf] it looks past the first hint: it walks err's
+// whole tree, as [errors.As] does, so a permanent error stays permanent when
+// an adapter wraps it again with a hint of its own (a server's Retry-After,
+// say). It does not allocate unless an error in the tree has an As method.
 func IsPermanent(err error) bool {
-	h, ok := HintOf(err)
-	return ok && h.NoRetry
+	var target *Hinter // allocated for the first As method met, if any
+	return isPermanent(err, &target)
+}
+
+// isPermanent is IsPermanent's walk of err's tree; *target is the Hinter
+// that As methods fill, shared by the whole walk.
+func isPermanent(err error, target **Hinter) bool {
+	for err != nil {
+		if h, ok := err.(Hinter); ok && h.RetryHint().NoRetry {
+			return true
+		}
+		if x, ok := err.(interface{ As(any) bool }); ok {
+			if *target == nil {
+				*target = new(Hinter)
+			}
+			if x.As(*target) && **target != nil && (**target).RetryHint().NoRetry {
+				return true
+			}
+		}
+		switch x := err.(type) {
+		case interface{ Unwrap() error }:
+			err = x.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, err := range x.Unwrap() {
+				if isPermanent(err, target) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 type hintError struct {

@@ -111,3 +111,56 @@ func TestHints(t *testing.T) {
 	// backoff.Permanent is the retry package's business, not a root hint.
 	require.False(t, bulwark.IsPermanent(backoff.Permanent(base)))
 }
+
+// IsPermanent looks at every hint in the tree, not only the first that
+// HintOf finds: a permanent error that an adapter later wraps with a
+// server's Retry-After hint is still permanent, so retry.Retryable does not
+// retry it.
+func TestIsPermanentSeesPermanentUnderAnotherHint(t *testing.T) {
+	base := errors.New("invalid argument")
+	err := bulwark.WithHint(bulwark.Permanent(base), bulwark.Hint{RetryAfter: time.Second})
+	require.True(t, bulwark.IsPermanent(err), "err wraps an error whose hint says NoRetry")
+}
+
+// asHinter is an error that is no Hinter itself but hands one out through
+// an As method, as errors.As allows.
+type asHinter struct{ hint bulwark.Hint }
+
+func (e asHinter) Error() string { return "as hinter" }
+
+func (e asHinter) As(target any) bool {
+	if p, ok := target.(*bulwark.Hinter); ok {
+		*p = bulwark.WithHint(errors.New("inner"), e.hint).(bulwark.Hinter)
+		return true
+	}
+	return false
+}
+
+// IsPermanent walks the tree as errors.As does: through Unwrap() error,
+// through every branch of Unwrap() []error, and into As methods.
+func TestIsPermanentWalksTheTree(t *testing.T) {
+	base := errors.New("upstream said no")
+	retryAfter := bulwark.Hint{RetryAfter: time.Second}
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"plain", base, false},
+		{"hint without NoRetry", bulwark.WithHint(base, retryAfter), false},
+		{"two hints without NoRetry", bulwark.WithHint(bulwark.WithHint(base, retryAfter), retryAfter), false},
+		{"permanent", bulwark.Permanent(base), true},
+		{"permanent under a hint and fmt", fmt.Errorf("call: %w", bulwark.WithHint(fmt.Errorf("inner: %w", bulwark.Permanent(base)), retryAfter)), true},
+		{"joined, permanent second", errors.Join(bulwark.WithHint(base, retryAfter), bulwark.Permanent(base)), true},
+		{"joined, none permanent", errors.Join(base, bulwark.WithHint(base, retryAfter)), false},
+		{"multiple %w, permanent under a hint", fmt.Errorf("%w; %w", base, bulwark.WithHint(bulwark.Permanent(base), retryAfter)), true},
+		{"As hands out NoRetry", fmt.Errorf("call: %w", asHinter{bulwark.Hint{NoRetry: true}}), true},
+		{"As hands out a retry-after", asHinter{retryAfter}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, bulwark.IsPermanent(tt.err))
+		})
+	}
+}

@@ -156,6 +156,8 @@ func TestClassifier(t *testing.T) {
 
 	require.False(t, Retryable(nil))
 	require.True(t, Retryable(errBoom))
+	require.False(t, Retryable(bulwark.WithHint(bulwark.Permanent(errBoom), bulwark.Hint{RetryAfter: time.Second})),
+		"a permanent error stays permanent under a server's hint")
 	require.True(t, Retryable(context.DeadlineExceeded), "only the caller's own context stops retrying")
 }
 
