@@ -26,5 +26,11 @@
 // name: bulwark_retry_attempts_total, bulwark_retry_calls_total{result} with
 // result first_try, after_retry, exhausted, not_retryable, budget_exhausted or
 // canceled, the histogram bulwark_retry_wait_seconds of the waits before
-// retries, and the gauge bulwark_retry_budget_tokens.
+// retries, and the gauge bulwark_retry_budget_tokens of the tokens left in the
+// policy's budget (none for a policy without one). Policies that share a name
+// on one registry share its series: their counts and waits add up, and the
+// gauge is the sum of their budgets' tokens, a budget shared by several of
+// them counted once. The collectors hold policies weakly: a policy nobody
+// uses any more (one replaced on a configuration reload, say) is garbage
+// collected with its budget and leaves the gauge.
 package retry

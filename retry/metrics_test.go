@@ -209,3 +209,82 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 	require.Equal(t, 2.0, calls(), "the collected policy's attempts stay counted")
 	runtime.KeepAlive(a)
 }
+
+// budgetTokens returns the value of bulwark_retry_budget_tokens{name=name}.
+func budgetTokens(t *testing.T, reg prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "bulwark_retry_budget_tokens" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "name" && lp.GetValue() == name {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no bulwark_retry_budget_tokens{name=%q}", name)
+	return 0
+}
+
+// A policy that replaces another of the same name (a configuration reload, a
+// policy per client) has its own budget exported, and the registry does not
+// pin the replaced policy's budget: once that is garbage collected the gauge
+// reports the budget of the policy in use.
+func TestMetricsBudgetGaugeFollowsThePolicyInUse(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	old := New("svc", WithRegisterer(reg), WithBackOff(zeroBackOff))
+	oldBudget := weak.Make(old.Budget())
+	old = nil // replaced, e.g. on a configuration reload
+
+	cur := New("svc", WithRegisterer(reg), WithBackOff(zeroBackOff), WithMaxAttempts(10))
+	for range 3 {
+		_ = cur.Do(context.Background(), func(context.Context) error { return errBoom })
+	}
+	require.Less(t, cur.Budget().Tokens(), 6.0) // the reserve is spent
+	// Until the replaced policy is collected it is still a policy of the
+	// name, and the gauge sums it in.
+	gctest.Collect(t, oldBudget) // the replaced policy's budget is not pinned by the registry
+	require.Equal(t, cur.Budget().Tokens(), budgetTokens(t, reg, "svc"),
+		"the gauge reports the budget of the policy in use")
+	runtime.KeepAlive(reg)
+}
+
+// Live policies that share a name are reported together, as the bulkhead's
+// gauges are: the gauge is the sum of their budgets' tokens, and a budget
+// that several of them share counts once.
+func TestMetricsBudgetGaugeSumsPoliciesSharingAName(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	spend := func(p *Policy) {
+		_ = p.Do(context.Background(), func(context.Context) error { return errBoom })
+	}
+	a := New("shared", WithRegisterer(reg), WithBackOff(zeroBackOff), WithMaxAttempts(2))
+	b := New("shared", WithRegisterer(reg), WithBackOff(zeroBackOff), WithMaxAttempts(3))
+	spend(a) // 10 - 2
+	spend(b) // 10 - 3
+	require.Equal(t, 15.0, budgetTokens(t, reg, "shared"))
+
+	common := NewBudget(4, 0.5)
+	c := New("common", WithRegisterer(reg), WithBudget(common))
+	d := New("common", WithRegisterer(reg), WithBudget(common))
+	e := New("other", WithRegisterer(reg), WithBudget(common))
+	require.Equal(t, 4.0, budgetTokens(t, reg, "common"), "one budget, counted once")
+	require.Equal(t, 4.0, budgetTokens(t, reg, "other"))
+
+	// A policy without a budget adds nothing, and alone has no series.
+	none := New("none", WithRegisterer(reg), WithBudget(nil))
+	n := New("shared", WithRegisterer(reg), WithBudget(nil))
+	require.Equal(t, 15.0, budgetTokens(t, reg, "shared"))
+	require.Equal(t, 3, testutil.CollectAndCount(reg, "bulwark_retry_budget_tokens"))
+
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+	for _, p := range []*Policy{a, b, c, d, e, none, n} {
+		runtime.KeepAlive(p) // collectors hold policies weakly
+	}
+}

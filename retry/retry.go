@@ -289,12 +289,53 @@ func (p *Policy) initMetrics(reg prometheus.Registerer) {
 	p.tallies = new([numTallies]tally)
 	metrics.AddInstance(metrics.Register(reg, newCounters()), p.name, p, (*Policy).readCounters)
 	if p.budget != nil {
-		b := p.budget
-		metrics.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "bulwark_retry_budget_tokens",
-			Help:        "Tokens left in the retry budget of a retry policy; retries stop at half the capacity.",
-			ConstLabels: prometheus.Labels{"name": p.name},
-		}, b.Tokens))
+		metrics.Register(reg, newBudgetGauge()).policies.Add(p)
+	}
+}
+
+// budgetGauge is the collector of bulwark_retry_budget_tokens: the tokens
+// left in the budgets of the policies registered with it, read at scrape
+// time. It holds the policies weakly, so that a policy nobody uses any more
+// (one replaced on a configuration reload, say) is garbage collected with its
+// budget and drops out, and the gauge follows the policies in use. Policies
+// that share a name are reported together, as the bulkhead's gauges are:
+// the series is the sum of their budgets' tokens, a budget shared by several
+// of them counted once.
+type budgetGauge struct {
+	desc     *prometheus.Desc
+	policies metrics.WeakSet[Policy]
+}
+
+func newBudgetGauge() *budgetGauge {
+	return &budgetGauge{desc: prometheus.NewDesc("bulwark_retry_budget_tokens",
+		"Tokens left in the retry budget of a retry policy; retries stop at half the capacity.",
+		[]string{"name"}, nil)}
+}
+
+// Describe implements [prometheus.Collector].
+func (g *budgetGauge) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+// Collect implements [prometheus.Collector].
+func (g *budgetGauge) Collect(ch chan<- prometheus.Metric) {
+	type named struct {
+		name   string
+		budget *Budget
+	}
+	var names []string
+	sums := map[string]float64{}
+	counted := map[named]bool{}
+	for _, p := range g.policies.Live() {
+		if _, ok := sums[p.name]; !ok {
+			names = append(names, p.name)
+			sums[p.name] = 0
+		}
+		if k := (named{p.name, p.budget}); !counted[k] {
+			counted[k] = true
+			sums[p.name] += p.budget.Tokens()
+		}
+	}
+	for _, name := range names {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, sums[name], name)
 	}
 }
 
