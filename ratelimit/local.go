@@ -211,7 +211,7 @@ func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ er
 	if l.limit == rate.Inf {
 		s, _ := l.shard(key)
 		s.allowed.Add(1)
-		l.fillDecision(&d, true, 0, cost)
+		l.fillDecision(&d, true, bucket{}, 0, cost)
 		return d, nil
 	}
 	now := l.now()
@@ -221,14 +221,14 @@ func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ er
 	tokens := l.fill(&e.bucket, now)
 	ok := tokens >= float64(cost)
 	if ok {
-		tokens -= float64(cost)
-		e.tokens = tokens
+		e.tokens = tokens - float64(cost)
 		s.allowed.Add(1)
 	} else {
 		s.denied.Add(1)
 	}
+	b := e.bucket
 	s.mu.Unlock()
-	l.fillDecision(&d, ok, tokens, cost)
+	l.fillDecision(&d, ok, b, now, cost)
 	return d, nil
 }
 
@@ -276,7 +276,7 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	tokens := l.fill(&e.bucket, now) - float64(n)
 	var delay time.Duration
 	if tokens < 0 {
-		delay = durationFor(-tokens, l.limit)
+		delay = l.waitFor(&e.bucket, now, float64(n))
 	}
 	deadline, hasDeadline := ctx.Deadline()
 	tooLate := hasDeadline && delay > 0 && deadline.Sub(l.epoch.Add(time.Duration(now))) < delay
@@ -361,30 +361,93 @@ func (l *Local) policyOnly() Decision {
 	return Decision{Policy: l.policy, Limit: l.burst, Window: l.window}
 }
 
-// fillDecision sets *d, whose fields are zero, to the decision on a bucket
-// holding tokens after a request for cost. It fills d in place: a Decision
-// returned by value was written field by field and then copied whole, and
-// the copy, reading what was still being written, cost an allowed decision a
-// fifth of its time.
-func (l *Local) fillDecision(d *Decision, ok bool, tokens float64, cost int) {
+// fillDecision sets *d, whose fields are zero, to the decision on b, a
+// bucket filled up to now, after a request for cost. It fills d in place: a
+// Decision returned by value was written field by field and then copied
+// whole, and the copy, reading what was still being written, cost an allowed
+// decision a fifth of its time.
+func (l *Local) fillDecision(d *Decision, ok bool, b bucket, now int64, cost int) {
 	d.Allowed, d.Policy, d.Limit, d.Window = ok, l.policy, l.burst, l.window
 	if l.limit == rate.Inf {
 		d.Remaining = l.burst
 		return
 	}
+	tokens := b.tokens
 	if tokens >= 1 {
 		d.Remaining = int(tokens)
 	}
-	if b := float64(l.burst); tokens < b {
-		d.Reset = durationFor(b-tokens, l.limit)
+	// Reset keeps the plain estimate, which may be a nanosecond short:
+	// checking it costs every allowed decision a tenth of its time.
+	if full := float64(l.burst); tokens < full {
+		d.Reset = durationFor(full-tokens, l.limit)
 	}
 	if !ok && float64(cost) > tokens {
-		d.RetryAfter = durationFor(float64(cost)-tokens, l.limit)
+		d.RetryAfter = l.waitFor(&b, now, float64(cost))
 	}
 }
 
+// waitFor returns the time from now until b, a bucket filled up to now
+// (b.last >= now) and left alone meanwhile, holds want tokens: the least d
+// for which level(b, now+d) >= want, so that a caller who waits d is allowed
+// and one who comes back a nanosecond early is not. It is
+// time.Duration(math.MaxInt64) when that is further away than a Duration
+// reaches.
+//
+// durationFor's estimate can miss by a nanosecond or so either way, because
+// it rounds (want-tokens)/r and level rounds tokens + elapsed×r apart: from a
+// fractional token count, waiting the estimate could leave 0.99999… of a
+// token. So waitFor checks the estimate with level itself, which is
+// monotonic in the time, and when level disagrees moves it to the first
+// nanosecond level agrees with.
+func (l *Local) waitFor(b *bucket, now int64, want float64) time.Duration {
+	if b.tokens >= want {
+		return 0
+	}
+	d := int64(durationFor(want-b.tokens, l.limit))
+	if b.last == now && d > 0 && d < math.MaxInt64/2-now &&
+		l.level(b, now+d) >= want && l.level(b, now+d-1) < want {
+		return time.Duration(d) // the estimate is right: the common case
+	}
+	return l.searchWait(b, now, want, d)
+}
+
+// searchWait is waitFor when the estimate est is wrong or b.last > now (a
+// decision that read the clock just before another one on the same key).
+func (l *Local) searchWait(b *bucket, now int64, want float64, est int64) time.Duration {
+	limit := math.MaxInt64 - max(now, b.last) // no later d overflows now+d
+	if est >= limit-est {
+		return time.Duration(math.MaxInt64) // beyond any wait worth checking
+	}
+	// lo is a time at which b is short of want, hi one at which it is not.
+	lo, hi := int64(0), max(b.last-now, 0)+max(est, 1)
+	for step := int64(1); l.level(b, now+hi) < want; step *= 2 {
+		if step >= limit-hi {
+			return time.Duration(math.MaxInt64)
+		}
+		lo, hi = hi, hi+step
+	}
+	for step := int64(1); hi-lo > 1; step *= 2 {
+		m := max(hi-step, lo+1)
+		if l.level(b, now+m) < want {
+			lo = m
+			break
+		}
+		hi = m
+	}
+	for hi-lo > 1 {
+		m := lo + (hi-lo)/2
+		if l.level(b, now+m) < want {
+			lo = m
+		} else {
+			hi = m
+		}
+	}
+	return time.Duration(hi)
+}
+
 // durationFor is the time r takes to refill tokens, rounded up to the
-// nanosecond so that a caller who waits it finds the tokens there.
+// nanosecond. It is exact in real numbers only: [Local.waitFor] corrects it
+// to what the bucket's own arithmetic agrees with.
 func durationFor(tokens float64, r rate.Limit) time.Duration {
 	ns := math.Ceil(tokens / float64(r) * float64(time.Second))
 	if ns >= math.MaxInt64 {

@@ -3,6 +3,9 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"strings"
@@ -128,6 +131,102 @@ func TestLocalRetryAfterSuffices(t *testing.T) {
 			d3, err := l.Allow(bg, "k", 1)
 			require.NoError(t, err)
 			require.True(t, d3.Allowed, "rate %v: denied after RetryAfter %v", r, d.RetryAfter)
+		}
+	}
+}
+
+// RetryAfter is the time until a request of the same cost would be allowed,
+// also from a fractional token count, where the refill rounds apart from a
+// plain ceil((cost-tokens)/r): waiting exactly RetryAfter used to leave
+// 0.99999… tokens, and the request was denied again with RetryAfter 1ns.
+func TestLocalRetryAfterSufficesFromFractionalTokens(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("r", 80, 2, WithClock(clk))
+	clk.Advance(2 * time.Millisecond)
+	d, err := l.Allow(bg, "k", 1) // 2 -> 1 token
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	clk.Advance(2 * time.Millisecond) // +0.16
+	d, err = l.Allow(bg, "k", 1)      // 1.16 -> 0.16
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	d, err = l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.False(t, d.Allowed)
+	// 0.84 tokens at 80/s, to the microsecond: in floating point the bucket
+	// holds a hair under 0.16 tokens, and needs 10.500001ms.
+	require.Equal(t, 10500*time.Microsecond, roundDecision(d).RetryAfter)
+
+	clk.Advance(d.RetryAfter)
+	d2, err := l.Allow(bg, "k", 1)
+	require.NoError(t, err)
+	require.True(t, d2.Allowed, "denied after waiting RetryAfter %v; new RetryAfter %v", d.RetryAfter, d2.RetryAfter)
+}
+
+// A randomized check of RetryAfter over many rates, bursts and histories,
+// seeded so that it is deterministic: after any history, a request denied
+// with RetryAfter d is allowed when it comes back after d and denied when it
+// comes back a nanosecond early. Each probe runs on its own limiter that went
+// through the same history, so that no probe's refill perturbs the bucket
+// another probe reads.
+func TestLocalRetryAfterIsExact(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	type op struct {
+		advance time.Duration
+		cost    int
+	}
+	const trials = 3000
+	for trial := range trials {
+		r := rate.Limit(math.Pow(10, -2+rng.Float64()*10)) // 0.01 to 1e8 per second
+		if rng.IntN(4) == 0 {
+			r = rate.Limit(float64(1+rng.IntN(1000)) / float64(1+rng.IntN(100)))
+		}
+		burst := 1 + rng.IntN(10)
+		if rng.IntN(4) == 0 {
+			burst = 1 + rng.IntN(1000)
+		}
+		// Advances around the time one token takes, so that buckets hold
+		// fractions of tokens.
+		perToken := float64(time.Second) / float64(r)
+		history := make([]op, 1+rng.IntN(12))
+		for i := range history {
+			history[i] = op{
+				advance: time.Duration(rng.Float64() * 2 * perToken),
+				cost:    rng.IntN(burst + 1),
+			}
+		}
+		cost := 1 + rng.IntN(burst)
+		// replay returns a limiter and its clock after history and the
+		// decision on a request for cost that ends it.
+		replay := func() (*Local, *clock.Fake, Decision) {
+			clk := clock.NewFake(time.Time{})
+			l := NewLocal("prop", r, burst, WithClock(clk))
+			for _, o := range history {
+				clk.Advance(o.advance)
+				_, err := l.Allow(bg, "k", o.cost)
+				require.NoError(t, err)
+			}
+			d, err := l.Allow(bg, "k", cost)
+			require.NoError(t, err)
+			return l, clk, d
+		}
+		probe := func(wait time.Duration) Decision {
+			l, clk, _ := replay()
+			clk.Advance(wait)
+			d, err := l.Allow(bg, "k", cost)
+			require.NoError(t, err)
+			return d
+		}
+		_, _, d := replay()
+		msg := fmt.Sprintf("trial %d: rate %v, burst %d, history %v, cost %d, decision %+v", trial, r, burst, history, cost, d)
+		if !d.Allowed {
+			require.Positive(t, d.RetryAfter, msg)
+			require.True(t, probe(d.RetryAfter).Allowed, "denied after RetryAfter; %s", msg)
+			require.False(t, probe(d.RetryAfter-1).Allowed, "allowed 1ns before RetryAfter; %s", msg)
+		} else {
+			require.Zero(t, d.RetryAfter, msg)
 		}
 	}
 }
