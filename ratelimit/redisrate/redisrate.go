@@ -303,7 +303,7 @@ func (l *Limiter) parse(reply []any) (ratelimit.Decision, error) {
 }
 
 func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ratelimit.Decision, error) {
-	l.counts.Inc(rlmetrics.Error)
+	// The caller's context ending is no decision: nothing is counted.
 	if cerr := ctx.Err(); cerr != nil {
 		return l.policyOnly(false), cerr
 	}
@@ -312,6 +312,7 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
 		return l.policyOnly(false), context.DeadlineExceeded
 	}
+	l.counts.Inc(rlmetrics.Error)
 	switch l.mode.kind {
 	case failClosed:
 		return l.policyOnly(false), fmt.Errorf("%w: %w", ErrUnavailable, err)

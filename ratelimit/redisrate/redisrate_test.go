@@ -333,6 +333,20 @@ func modeCases() []modeCase {
 	}
 }
 
+// A call whose own context has ended gets the context's error and is not
+// counted: decision="error" means the store failed and the failure mode
+// decided.
+func TestRedisCallerContextEndedIsNotAnError(t *testing.T) {
+	t.Parallel()
+	l := New("caller-gone", newClient(t, closedPort(t)), 1, 5, WithFailureMode(FailOpen()), WithRegisterer(prometheus.NewPedanticRegistry()))
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	d, err := l.Allow(ctx, "k", 1)
+	require.ErrorIs(t, err, context.Canceled)
+	require.False(t, d.Allowed)
+	require.Zero(t, l.counts.Load(rlmetrics.Error))
+}
+
 func TestRedisUnreachable(t *testing.T) {
 	t.Parallel()
 	addr := closedPort(t)
