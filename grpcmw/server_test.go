@@ -412,7 +412,7 @@ func TestIdempotencyStoreOutageDoesNotOpenServiceBreaker(t *testing.T) {
 func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
 	clk := clock.NewFake(time.Now())
 	br := breaker.New("replay-probe", breaker.WithConsecutiveFailures(1), breaker.WithHalfOpen(1, 1),
-		breaker.WithOpenDuration(time.Second), breaker.WithClock(clk))
+		breaker.WithOpenDuration(time.Second), breaker.WithJitter(0), breaker.WithClock(clk))
 	g := idempotency.New("replay-probe", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
 	var failing atomic.Bool
 	svc := &service{unary: func(context.Context, int, *testpb.SimpleRequest) error {
