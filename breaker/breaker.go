@@ -3,7 +3,6 @@ package breaker
 import (
 	"context"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -396,15 +395,22 @@ func (b *Breaker) transition(g *generation, to State, now time.Time) {
 	b.dispatch()
 }
 
-// openDuration returns the duration of the next opening. b.mu is held.
+// openDuration returns the duration of the next opening: the base duration,
+// grown by the factor for each reopening and capped at maxOpen, then spread
+// uniformly over ±jitter of itself. The jitter comes after the cap, so that
+// it stays two-sided at the cap too: a fleet whose openings have all grown
+// to the cap still probes at different times. b.mu is held.
 func (b *Breaker) openDuration() time.Duration {
-	d := float64(b.cfg.openDuration) * math.Pow(b.cfg.openFactor, float64(b.trips))
+	// Grow and cap in float64: after enough reopenings the growth exceeds
+	// the range of a Duration (or is +Inf), and converting it would wrap
+	// around.
+	d := min(float64(b.cfg.openDuration)*math.Pow(b.cfg.openFactor, float64(b.trips)), float64(b.cfg.maxOpen))
 	if j := b.cfg.jitter; j > 0 {
-		d *= 1 + j*(2*rand.Float64()-1)
+		d *= 1 + j*(2*b.cfg.random()-1)
 	}
-	// Cap in float64: after enough reopenings d exceeds the range of a
-	// Duration (or is +Inf), and converting it would wrap around.
-	d = min(d, float64(b.cfg.maxOpen))
+	if d >= math.MaxInt64 { // 2^63 as a float64, past a Duration: by the jitter, or a cap of MaxInt64 rounded up
+		return math.MaxInt64
+	}
 	return max(time.Duration(d), time.Millisecond)
 }
 

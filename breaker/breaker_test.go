@@ -220,6 +220,47 @@ func TestJitterSpreadsOpenDuration(t *testing.T) {
 	require.Greater(t, len(seen), 10, "jitter should spread open durations")
 }
 
+// withSeed makes the jitter draw from a source seeded with seed, so that a
+// test of its distribution is deterministic. Breakers given the same Option
+// share the source: use them from one goroutine.
+func withSeed(seed uint64) Option {
+	r := rand.New(rand.NewPCG(seed, seed))
+	return func(c *config) { c.random = r.Float64 }
+}
+
+// The jitter is ±fraction, as WithJitter says: about as many openings are
+// longer than the base as shorter, and the base itself is no more likely
+// than any other nanosecond. (Capping the jittered duration at the base
+// used to turn every upward draw into exactly the base.)
+func TestJitterIsTwoSided(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	const base, n = 10 * time.Second, 1000
+	seed := withSeed(1)
+	above, below, exact := 0, 0, 0
+	for range n {
+		b := New("j", WithClock(clk), WithFailureRate(0.5, 1), WithOpenDuration(base), WithJitter(0.2), seed)
+		p, _ := b.Allow()
+		p.Done(errBoom)
+		d := b.Counts().RetryAfter
+		require.GreaterOrEqual(t, d, 8*time.Second)
+		require.LessOrEqual(t, d, 12*time.Second)
+		switch {
+		case d > base:
+			above++
+		case d < base:
+			below++
+		default:
+			exact++
+		}
+	}
+	require.Positive(t, above, "no open duration above the base: jitter is one-sided (%d of %d exactly 10s)", exact, n)
+	// Each side is a fair coin over n draws: 400 is 6 standard deviations
+	// below the mean. One draw in 4e9 lands on a given nanosecond.
+	require.Greater(t, above, 400, "above %d, below %d, exact %d", above, below, exact)
+	require.Greater(t, below, 400, "above %d, below %d, exact %d", above, below, exact)
+	require.Zero(t, exact, "open durations exactly at the base")
+}
+
 func TestForcedOpenAndDisabled(t *testing.T) {
 	b, clk := newTest(WithFailureRate(0.5, 1))
 	b.ForceOpen()

@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"time"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
@@ -25,6 +26,7 @@ type config struct {
 	maxOpen        time.Duration
 	openFactor     float64
 	jitter         float64
+	random         func() float64 // draws the jitter, uniform in [0, 1)
 	probes         int
 	closeAfter     int
 	classify       func(error) Outcome
@@ -42,6 +44,7 @@ func defaults() config {
 		openDuration: 30 * time.Second,
 		openFactor:   1,
 		jitter:       0.1,
+		random:       rand.Float64,
 		probes:       1,
 		closeAfter:   3,
 		classify:     DefaultClassifier,
@@ -124,7 +127,9 @@ func WithOpenDuration(d time.Duration) Option {
 
 // WithGrowingOpenDuration multiplies the open duration by factor each time
 // the breaker reopens from half-open without having closed, up to max. The
-// duration returns to the base once the breaker closes. Off by default.
+// duration returns to the base once the breaker closes. The jitter
+// ([WithJitter]) applies to the grown duration after the cap, so an opening
+// at the cap lasts max, ±fraction: up to max×(1+fraction). Off by default.
 func WithGrowingOpenDuration(factor float64, max time.Duration) Option {
 	return func(c *config) {
 		if factor < 1 || max <= 0 {
@@ -135,8 +140,11 @@ func WithGrowingOpenDuration(factor float64, max time.Duration) Option {
 }
 
 // WithJitter spreads each open duration uniformly over ±fraction of itself,
-// so that a fleet of clients that tripped together does not probe together.
-// Default: 0.1; 0 turns it off.
+// so that a fleet of clients that tripped together does not probe together:
+// with the default, a 30s opening lasts between 27s and 33s. The duration
+// spread is the one grown and capped by [WithGrowingOpenDuration], so the
+// jitter can take an opening past that cap by up to fraction of it. Default:
+// 0.1; 0 turns it off.
 func WithJitter(fraction float64) Option {
 	return func(c *config) {
 		if fraction < 0 || fraction >= 1 {
