@@ -52,7 +52,8 @@ type Breaker struct {
 
 	// seq counts the outcomes recorded while closed; count windows take
 	// their slot from it. Successes while closed are seq minus closed
-	// failures, so the hot path pays for no separate success counter. It is
+	// failures, so the hot path pays for no separate success counter (see
+	// successes for how the two are read without overcounting). It is
 	// written by every call: the padding keeps it off the cache lines of
 	// the fields every call reads (cfg, timed, epoch, gen).
 	_   [64]byte
@@ -216,10 +217,10 @@ func (p Permit) Report(o Outcome) {
 	switch g.state {
 	case Closed:
 		if b.gen.Load() == g {
-			b.recordClosed(g, now, failed, slow)
 			if failed {
-				b.st.closedFailures.Add(1) // after seq moved: see stats.successes
+				b.st.closedFailures.Add(1) // before seq moves: see Breaker.successes
 			}
+			b.recordClosed(g, now, failed, slow)
 			return
 		}
 		// A late outcome of a closed period that has ended: nobody reads its

@@ -10,7 +10,7 @@ import (
 // stats are a breaker's call counters. They are plain atomics, read by the
 // collector at scrape time; a success while closed touches none of them.
 type stats struct {
-	closedFailures atomic.Uint64 // failures recorded while closed
+	closedFailures atomic.Uint64 // failures while closed; added before seq moves
 	otherSuccesses atomic.Uint64 // successes while half-open or disabled
 	otherFailures  atomic.Uint64
 	ignored        atomic.Uint64
@@ -18,14 +18,29 @@ type stats struct {
 	slow           atomic.Uint64
 }
 
-// successes returns the number of successful calls. A closed success is seq
-// minus closed failures; a failure moves seq before closedFailures, so a
-// reading between the two counts one success too many, and the next one
-// less. The exported counter still never goes back: metrics.Counters keeps
-// the highest reading, which the next quiet moment makes exact again.
+// successes returns the number of successful calls. A success while closed
+// is counted by nothing but seq, which counts every outcome recorded while
+// closed: closed successes are seq minus closedFailures. Read while calls
+// run, that difference must never be too high, because metrics.Counters
+// keeps the highest reading of a counter for good: a failure read as a
+// success would stay a success. So
+//
+//   - a failure adds to closedFailures before it moves seq ([Permit.Report]),
+//   - successes loads seq before closedFailures,
+//
+// and Go's atomics are sequentially consistent. Every failure that the load
+// of seq sees had added to closedFailures before, so the later load of
+// closedFailures sees it too: the difference is at most the successes
+// recorded by the time seq was loaded. It falls short by the failures that
+// have added to closedFailures and not yet moved seq, or that were reported
+// between the two loads; it can even be negative, and is then clamped to
+// zero, which is still no more than the truth. A reading that falls short is
+// harmless: the highest reading kept never exceeds the successes reported,
+// and a reading taken while no failure is being reported is exact.
 func (b *Breaker) successes() uint64 {
-	cf := b.st.closedFailures.Load()
-	return b.seq.Load() - cf + b.st.otherSuccesses.Load()
+	calls := b.seq.Load()
+	failures := b.st.closedFailures.Load()
+	return calls - min(failures, calls) + b.st.otherSuccesses.Load()
 }
 
 // readCounters adds b's calls by outcome (success, failure, ignored,

@@ -3,10 +3,13 @@ package breaker
 import (
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -110,4 +113,93 @@ func TestNoRegistererRegistersNothing(t *testing.T) {
 	require.NoError(t, err)
 	p.Done(nil)
 	require.EqualValues(t, 1, b.successes())
+}
+
+// gatheredCalls returns bulwark_breaker_calls_total{name, outcome} on reg,
+// failing the test when the series is missing.
+func gatheredCalls(t *testing.T, reg prometheus.Gatherer, name, outcome string) float64 {
+	t.Helper()
+	v, ok := gatheredCounters(t, reg, name)["bulwark_breaker_calls_total,outcome="+outcome]
+	require.True(t, ok, "no calls_total{name=%q,outcome=%q}", name, outcome)
+	return v
+}
+
+// A failure while closed adds to the closed failures and moves seq, of which
+// closed successes are the difference. A scrape between the two steps must
+// not read the failure as a success: the counters collector keeps the
+// highest reading, so a phantom success would never be taken back.
+// Deterministic: the test holds the time window's mutex, so the failing
+// Report stops in the window, after seq has moved.
+func TestMetricsFailureBeingReportedIsNotReadAsSuccess(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	clk := clock.NewFake(time.Time{})
+	b := New("x", WithRegisterer(reg), WithClock(clk),
+		WithTimeWindow(time.Minute, 6), WithFailureRate(1, 1000)) // never trips
+
+	w := b.gen.Load().win.(*timeWindow)
+	w.mu.Lock() // the failing Report stops in the window, after seq.Add
+	p, err := b.Allow()
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Go(func() { p.Done(errBoom) })
+	for b.seq.Load() == 0 {
+		// spin until the report is in the window
+	}
+	// A scrape at that moment. (Only the counters collector: the state
+	// collector would wait for the window's mutex the test holds.)
+	counters := metrics.Register(reg, newCounters())
+	ch := make(chan prometheus.Metric, 16)
+	counters.Collect(ch)
+	w.mu.Unlock()
+	wg.Wait()
+
+	require.Equal(t, 1.0, gatheredCalls(t, reg, "x", "failure"))
+	require.Equal(t, 0.0, gatheredCalls(t, reg, "x", "success"),
+		"a failed call is reported as a success for good")
+	runtime.KeepAlive(b) // collectors hold it weakly: its series go with it
+}
+
+// The black-box form of the test above: only failing calls, on 8 goroutines,
+// through the default kind of window, with scrapes running meanwhile. No
+// scrape may read a success.
+func TestMetricsFailuresOnlyUnderConcurrentScrapesCountNoSuccess(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	b := New("x", WithRegisterer(reg), WithCountWindow(1_000_000), WithFailureRate(1, 1_000_000))
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20_000 {
+				p, err := b.Allow()
+				if err != nil {
+					return
+				}
+				p.Done(errBoom)
+			}
+		})
+	}
+	var scr sync.WaitGroup
+	scr.Go(func() {
+		for !stop.Load() {
+			_, _ = reg.Gather()
+		}
+	})
+	wg.Wait()
+	stop.Store(true)
+	scr.Wait()
+	require.Equal(t, 160_000.0, gatheredCalls(t, reg, "x", "failure"))
+	require.Equal(t, 0.0, gatheredCalls(t, reg, "x", "success"), "no call succeeded")
+	runtime.KeepAlive(b) // collectors hold it weakly: its series go with it
+}
+
+// A failure being reported has added to the closed failures and not yet
+// moved seq: closed successes read as seq minus closed failures would be
+// negative, and wrap around to a huge count that the collector would keep.
+func TestSuccessesNeverWrapAroundWhileAFailureIsReported(t *testing.T) {
+	b := New("x")
+	p, err := b.Allow()
+	require.NoError(t, err)
+	p.Done(nil)
+	b.st.closedFailures.Add(2) // two failures in flight: counted, seq not moved
+	require.Zero(t, b.successes())
 }
