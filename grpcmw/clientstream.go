@@ -431,6 +431,10 @@ func (rs *retryStream) commit() {
 		return
 	}
 	rs.mu.Lock()
+	if rs.committed.Load() { // Header and RecvMsg both got here: one commits
+		rs.mu.Unlock()
+		return
+	}
 	rs.sent, rs.sentBytes = nil, 0
 	rs.committed.Store(true)
 	rs.mu.Unlock()

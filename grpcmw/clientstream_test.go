@@ -243,3 +243,26 @@ func TestStreamDeadlineIsABreakerFailure(t *testing.T) {
 		})
 	}
 }
+
+// Header and RecvMsg may run on two goroutines at once, as grpc-go allows:
+// both may find the stream uncommitted, and only one may commit it.
+func TestStreamHeaderAndRecvCommitOnce(t *testing.T) {
+	svc := &service{stream: func(_ int, send func(string) error) error { return send("a") }}
+	p := newRetry(clock.NewFake(time.Time{}))
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(p))...)
+	for range 200 {
+		var attempts int
+		st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{}, grpcmw.ReportAttempts(&attempts))
+		require.NoError(t, err)
+		header := make(chan error, 1)
+		go func() {
+			_, err := st.Header()
+			header <- err
+		}()
+		got, err := recvAll(st)
+		require.NoError(t, err)
+		require.Equal(t, []string{"a"}, got)
+		require.NoError(t, <-header)
+		require.Equal(t, 1, attempts)
+	}
+}
