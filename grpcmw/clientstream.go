@@ -118,8 +118,9 @@ type retryStream struct {
 
 	// sendMu orders what goes out on an attempt's stream: the caller's
 	// SendMsg and CloseSend, and the replay on a new attempt. It is held
-	// across network sends, which may wait for flow control; mu never is, so
-	// that RecvMsg, which needs mu, is never stuck behind a send.
+	// across network sends, which may wait for flow control; mu never is,
+	// and the replay runs on a goroutine of its own, so that RecvMsg is
+	// never stuck behind a send.
 	sendMu sync.Mutex
 
 	mu         sync.Mutex // guards the fields below
@@ -184,6 +185,11 @@ func (rs *retryStream) again(err error, trailer metadata.MD) error {
 // open makes one attempt: limiter, breaker, a new stream, and the replay of
 // what was sent so far.
 func (rs *retryStream) open() error {
+	n := 1
+	if rs.retrying {
+		n = rs.loop.Attempt()
+	}
+	rs.attempt.Store(int32(n)) // an attempt the limiter or the breaker refuses counts too
 	ctx := rs.ctx
 	if rs.c.limiter != nil {
 		if err := rs.c.throttle(ctx, rs.method); err != nil {
@@ -197,23 +203,20 @@ func (rs *retryStream) open() error {
 			return local(codes.Unavailable, err)
 		}
 	}
-	n := 1
-	if rs.retrying {
-		if n = rs.loop.Attempt(); n > 1 {
-			ctx = metadata.AppendToOutgoingContext(ctx, PreviousAttemptsHeader, strconv.Itoa(n-1))
-		}
+	if n > 1 {
+		ctx = metadata.AppendToOutgoingContext(ctx, PreviousAttemptsHeader, strconv.Itoa(n-1))
 	}
-	rs.attempt.Store(int32(n))
 	// No send may run between the new stream and its replay, and none is
-	// wanted on the old one any more.
+	// wanted on the old one any more: the caller's sends wait for the replay.
 	rs.sendMu.Lock()
-	defer rs.sendMu.Unlock()
 	if err := rs.refusedErr(); err != nil {
+		rs.sendMu.Unlock()
 		bp.Report(breaker.Ignored)
 		return err
 	}
 	s, err := rs.streamer(ctx, rs.desc, rs.cc, rs.method, rs.opts...)
 	if err != nil {
+		rs.sendMu.Unlock()
 		bp.Report(rs.c.outcome(rs.ctx, err))
 		return err
 	}
@@ -221,18 +224,36 @@ func (rs *retryStream) open() error {
 	rs.cur, rs.permit, rs.hasPermit, rs.broken = s, bp, rs.breaker != nil, false
 	sent, closedSend := rs.sent, rs.closedSend
 	rs.mu.Unlock()
+	if len(sent) == 0 {
+		if closedSend {
+			_ = s.CloseSend()
+		}
+		rs.sendMu.Unlock()
+		return nil
+	}
+	// The replay may wait for flow control until the server reads, and the
+	// server may send before it reads: it runs on a goroutine of its own so
+	// that RecvMsg goes on reading meanwhile.
+	go rs.replay(s, sent, closedSend)
+	return nil
+}
+
+// replay sends the kept messages on s, a new attempt's stream, and CloseSend
+// if it had been called, then lets the caller's sends go on: open locked
+// sendMu, and replay unlocks it.
+func (rs *retryStream) replay(s grpc.ClientStream, sent []any, closedSend bool) {
+	defer rs.sendMu.Unlock()
 	for _, m := range sent {
 		if err := s.SendMsg(m); err != nil {
 			rs.mu.Lock()
 			rs.broken = true // the status comes from RecvMsg
 			rs.mu.Unlock()
-			return nil
+			return
 		}
 	}
 	if closedSend {
 		_ = s.CloseSend()
 	}
-	return nil
 }
 
 func (rs *retryStream) current() grpc.ClientStream {

@@ -3,6 +3,7 @@ package grpcmw_test
 import (
 	"bytes"
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -264,5 +265,120 @@ func TestStreamHeaderAndRecvCommitOnce(t *testing.T) {
 		require.Equal(t, []string{"a"}, got)
 		require.NoError(t, <-header)
 		require.Equal(t, 1, attempts)
+	}
+}
+
+// pushAfterRestart fails its first bidi call after reading read messages, and
+// on later calls sends n messages of size bytes before it reads anything.
+type pushAfterRestart struct {
+	testpb.UnimplementedTestServiceServer
+	calls   atomic.Int32
+	n, size int
+	read    int
+}
+
+func (p *pushAfterRestart) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) error {
+	if p.calls.Add(1) == 1 {
+		for range p.read {
+			if _, err := ss.Recv(); err != nil {
+				return err
+			}
+		}
+		return status.Error(codes.Unavailable, "restarting")
+	}
+	body := bytes.Repeat([]byte{'s'}, p.size)
+	for range p.n {
+		if err := ss.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: body}}); err != nil {
+			return err
+		}
+	}
+	for {
+		if _, err := ss.Recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+// The replay of a retried stream runs inside RecvMsg, holding sendMu. When
+// the replay exceeds the server's flow-control window and the server sends
+// before it reads, RecvMsg waits for the server to read and the server waits
+// for the client to read: the deadlock TestStreamSendWaitingForFlowControl-
+// DoesNotBlockRecv guards against for SendMsg, on the replay path.
+// The replay of a retried stream may wait for flow control until the server
+// reads, and a server may send before it reads: RecvMsg must go on reading
+// meanwhile. With small fixed windows the replay cannot fit in them.
+func TestStreamReplayWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
+	for _, fixed := range []bool{true, false} {
+		t.Run(map[bool]string{true: "fixed-window", false: "default-window"}[fixed], func(t *testing.T) {
+			const msgs, msgSize = 3, 80 << 10 // 240 KiB: within the default replay buffer
+			svc := &pushAfterRestart{n: 32, size: 256 << 10, read: msgs}
+			var sopts []grpc.ServerOption
+			if fixed {
+				sopts = append(sopts, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+			}
+			clk := clock.NewFake(time.Time{})
+			c, _ := serve(t, "tcp", svc, sopts, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := c.FullDuplexCall(ctx)
+			require.NoError(t, err)
+			big := bytes.Repeat([]byte{'c'}, msgSize)
+			for range msgs {
+				require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}))
+			}
+			go func() {
+				clk.WaitForTimers(1)
+				clk.Advance(time.Second)
+			}()
+			got := 0
+			for got < svc.n {
+				if _, err := st.Recv(); err != nil {
+					t.Logf("Recv: %v", err)
+					break
+				}
+				got++
+			}
+			require.Equal(t, svc.n, got, "received %d of %d messages before the deadline", got, svc.n)
+			require.NoError(t, st.CloseSend())
+		})
+	}
+}
+
+// An attempt that the breaker refuses counts in ReportAttempts, on a stream as
+// on a unary call.
+func TestReportAttemptsCountsARefusedAttempt(t *testing.T) {
+	for _, kind := range []string{"unary", "stream"} {
+		t.Run(kind, func(t *testing.T) {
+			clk := clock.NewFake(time.Time{})
+			br := breaker.New("attempts-"+kind, breaker.WithConsecutiveFailures(1), breaker.WithClock(clk))
+			svc := &service{
+				unary: func(context.Context, int, *testpb.SimpleRequest) error {
+					return status.Error(codes.Unavailable, "down")
+				},
+				stream: func(int, func(string) error) error { return status.Error(codes.Unavailable, "down") },
+			}
+			p := newRetry(clk, retry.WithMaxAttempts(2))
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(p), grpcmw.WithBreaker(br))...)
+			var attempts int
+			done := make(chan error, 1)
+			go func() {
+				if kind == "unary" {
+					_, err := c.UnaryCall(context.Background(), payload("x"), grpcmw.ReportAttempts(&attempts))
+					done <- err
+					return
+				}
+				st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{}, grpcmw.ReportAttempts(&attempts))
+				if err == nil {
+					_, err = st.Recv()
+				}
+				done <- err
+			}()
+			clk.WaitForTimers(1)          // the wait before attempt 2 (capped breaker hint)
+			clk.Advance(10 * time.Second) // the default longest hint wait; the breaker stays open (30s)
+			err := <-done
+			require.Error(t, err)
+			require.Equal(t, 1, svc.Calls())
+			assert.Equal(t, 2, attempts, "attempt 2 was refused by the open breaker")
+		})
 	}
 }
