@@ -76,7 +76,9 @@ func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	// A failure to store is not the caller's concern: the handler's effect
 	// happened and its result is returned. The key stays claimed until its
-	// lease lapses, so a retry in that time gets Aborted, not a second run.
+	// lease lapses, so a retry in that time gets Aborted, not a second run;
+	// only a result the store can never hold has its key released by the
+	// Guard (idempotency.ErrResponseTooLarge).
 	_ = lease.Complete(bg, stored)
 	return resp, true, herr
 }

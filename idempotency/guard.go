@@ -456,7 +456,9 @@ func (g *Guard) op(ctx context.Context, m opMetrics, opName string, call func(co
 		g.m.leaseLost.Inc()
 		return err
 	}
-	if ctx.Err() == nil { // the caller's context ending (a lease's renewal stopped) is not the store failing
+	// Not the store failing: the caller's context ending (a lease's renewal
+	// stopped), or a response too large for it.
+	if ctx.Err() == nil && !errors.Is(err, ErrResponseTooLarge) {
 		m.errors.Inc()
 	}
 	return &StoreError{Op: opName, Err: err}

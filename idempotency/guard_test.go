@@ -340,7 +340,9 @@ func TestGuardStoresLargeResponse(t *testing.T) {
 // once instead of being told for the whole lease that it is in flight.
 func TestGuardReleasesTooLargeResponse(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
-	g := idempotency.New("big", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 64 << 10, Clock: clk}), idempotency.WithClock(clk))
+	reg := prometheus.NewPedanticRegistry()
+	g := idempotency.New("big", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 64 << 10, Clock: clk}),
+		idempotency.WithClock(clk), idempotency.WithRegisterer(reg))
 	runs := 0
 	fn := func(context.Context) (idempotency.Response, error) {
 		runs++
@@ -356,6 +358,15 @@ func TestGuardReleasesTooLargeResponse(t *testing.T) {
 		require.Equal(t, "complete", se.Op)
 	}
 	require.Equal(t, 2, runs)
+	// The store did not fail: the dashboard's store errors stay at zero.
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_idempotency_store_errors_total Idempotency store operations that failed or timed out, by operation. A failed complete or release after the handler ran leaves the key locked until its lease ends.
+# TYPE bulwark_idempotency_store_errors_total counter
+bulwark_idempotency_store_errors_total{name="big",op="claim"} 0
+bulwark_idempotency_store_errors_total{name="big",op="complete"} 0
+bulwark_idempotency_store_errors_total{name="big",op="extend"} 0
+bulwark_idempotency_store_errors_total{name="big",op="release"} 0
+`), "bulwark_idempotency_store_errors_total"))
 
 	// When the release fails too, both errors are reported.
 	store := scriptedStore{complete: idempotency.ErrResponseTooLarge, release: errors.New("connection reset")}
