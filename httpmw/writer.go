@@ -2,6 +2,7 @@ package httpmw
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -145,11 +146,14 @@ func (sw *srvWriter) FlushError() error {
 	for {
 		switch t := rw.(type) {
 		case interface{ FlushError() error }:
-			sw.flushing()
-			return t.FlushError()
+			err := t.FlushError()
+			if !errors.Is(err, http.ErrNotSupported) { // a wrapper may not flush after all
+				sw.flushing()
+			}
+			return err
 		case http.Flusher:
-			sw.flushing()
 			t.Flush()
+			sw.flushing()
 			return nil
 		case interface{ Unwrap() http.ResponseWriter }:
 			rw = t.Unwrap()
@@ -159,7 +163,8 @@ func (sw *srvWriter) FlushError() error {
 	}
 }
 
-// flushing marks the response as streaming, its header sent by the flush.
+// flushing marks the response as streaming, its header sent by the flush
+// that just happened.
 func (sw *srvWriter) flushing() {
 	if sw.status == 0 {
 		sw.srvRecordHeader(http.StatusOK)

@@ -125,6 +125,19 @@ func (p *srvReaderFromWriter) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(&p.body, r)
 }
 
+// srvNoFlushWriter has FlushError, as a wrapper of a writer that cannot
+// flush may, and answers http.ErrNotSupported.
+type srvNoFlushWriter struct{ srvPlainWriter }
+
+func (*srvNoFlushWriter) FlushError() error { return http.ErrNotSupported }
+
+func TestWriterFlushNotSupportedByAWrapper(t *testing.T) {
+	sw := &srvWriter{rw: &srvNoFlushWriter{srvPlainWriter{h: http.Header{}}}}
+	require.ErrorIs(t, sw.FlushError(), http.ErrNotSupported)
+	require.False(t, sw.flushed, "a flush that could not happen leaves the response storable")
+	require.Zero(t, sw.status)
+}
+
 func TestWriterWithoutOptionalInterfaces(t *testing.T) {
 	pw := &srvPlainWriter{h: http.Header{}}
 	sw := &srvWriter{rw: pw}
