@@ -35,7 +35,10 @@ import (
 // or it could not be marshalled), so the stream is not retried, and the
 // breaker does not count it. While a stream may be retried, Context
 // returns a context that lasts as long as the stream rather than the current
-// attempt's, which ends with the attempt.
+// attempt's, which ends with the attempt. SendMsg may run beside RecvMsg, as
+// in grpc-go; Header should be called before RecvMsg or on the goroutine
+// that calls it, since headers received commit the stream, which races with
+// a retry that RecvMsg has begun.
 //
 // # When a stream is retried
 //
@@ -107,7 +110,7 @@ type retryStream struct {
 	breaker   *breaker.Breaker
 	attempts  *int
 	retrying  bool
-	loop      retry.Loop // used only by the goroutine that opens or reads
+	loop      retry.Loop // used by the goroutine that opens or reads (and Header's commit)
 	stopWatch func() bool
 
 	attempt      atomic.Int32 // the current attempt's number, for ReportAttempts
