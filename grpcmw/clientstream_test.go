@@ -73,11 +73,10 @@ func (p *pushFirst) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) e
 }
 
 // grpc-go allows one goroutine in SendMsg and another in RecvMsg at once. A
-// retried stream's SendMsg holds the stream's mutex while the network send
-// blocks on flow control, and RecvMsg needs that mutex (current(), commit())
-// before it can hand out the message it has. When the server sends before it
-// reads, neither side moves: a deadlock that the same code without the
-// interceptor does not have.
+// send may wait for flow control until the server reads, and the server may
+// send before it reads: RecvMsg must hand out what it has meanwhile, or
+// neither side moves, a deadlock that the stream without the interceptor
+// does not have.
 func TestStreamSendWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
 	for _, withRetry := range []bool{false, true} {
 		name := "plain"
@@ -121,13 +120,11 @@ func TestStreamSendWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
 	}
 }
 
-// A SendMsg that the client itself refuses (here: message larger than
-// MaxCallSendMsgSize; a marshalling error is the same) aborts the attempt
-// with a client-generated ResourceExhausted. The message was nevertheless
-// kept in the replay buffer, and RecvMsg then treats that local error as a
-// retryable server answer: it opens new streams, re-sends to the server the
-// messages before the bad one, fails again on the same message, and so on
-// until the policy gives up. Without the interceptor, one stream.
+// A SendMsg that the client itself refuses (here: a message larger than
+// MaxCallSendMsgSize; a marshalling error is the same) ends the stream with a
+// client-generated ResourceExhausted. That is not a server's answer: the
+// stream is not retried, and the messages before the bad one are not sent
+// again on a new stream.
 func TestStreamDoesNotRetryASendTheClientRefused(t *testing.T) {
 	p := retry.New("refused-send", retry.WithBudget(nil), retry.WithMaxAttempts(4),
 		retry.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }))
@@ -146,12 +143,9 @@ func TestStreamDoesNotRetryASendTheClientRefused(t *testing.T) {
 	assert.LessOrEqual(t, svc.Calls(), 1, "the server got the stream (and the first message) again")
 }
 
-// Context returns the current attempt's context. A caller that takes it once
-// (to watch Done, as handlers and pipelines commonly do) holds the first
-// attempt's context, which grpc-go cancels when that attempt fails; the
-// interceptor then retries and the stream goes on, but the watcher has
-// already seen it "end". grpc-go's own retry avoids this by committing the
-// stream when Context is called.
+// A caller that takes a stream's Context once, to watch Done, must not see it
+// end when an attempt fails and the stream goes on in a retry. (grpc-go's own
+// retry commits the stream when Context is called instead.)
 func TestStreamContextLastsAcrossRetries(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
 	hold := make(chan struct{})
@@ -245,8 +239,8 @@ func TestStreamDeadlineIsABreakerFailure(t *testing.T) {
 	}
 }
 
-// Header and RecvMsg may run on two goroutines at once, as grpc-go allows:
-// both may find the stream uncommitted, and only one may commit it.
+// Header may run beside a RecvMsg that gets a message: both may find the
+// stream uncommitted, and only one may commit it.
 func TestStreamHeaderAndRecvCommitOnce(t *testing.T) {
 	svc := &service{stream: func(_ int, send func(string) error) error { return send("a") }}
 	p := newRetry(clock.NewFake(time.Time{}))
@@ -268,42 +262,26 @@ func TestStreamHeaderAndRecvCommitOnce(t *testing.T) {
 	}
 }
 
-// pushAfterRestart fails its first bidi call after reading read messages, and
-// on later calls sends n messages of size bytes before it reads anything.
+// pushAfterRestart fails its first bidi call after reading read messages,
+// and is pushFirst on later calls.
 type pushAfterRestart struct {
-	testpb.UnimplementedTestServiceServer
-	calls   atomic.Int32
-	n, size int
-	read    int
+	pushFirst
+	calls atomic.Int32
+	read  int
 }
 
 func (p *pushAfterRestart) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) error {
-	if p.calls.Add(1) == 1 {
-		for range p.read {
-			if _, err := ss.Recv(); err != nil {
-				return err
-			}
-		}
-		return status.Error(codes.Unavailable, "restarting")
+	if p.calls.Add(1) > 1 {
+		return p.pushFirst.FullDuplexCall(ss)
 	}
-	body := bytes.Repeat([]byte{'s'}, p.size)
-	for range p.n {
-		if err := ss.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: body}}); err != nil {
+	for range p.read {
+		if _, err := ss.Recv(); err != nil {
 			return err
 		}
 	}
-	for {
-		if _, err := ss.Recv(); err != nil {
-			return nil
-		}
-	}
+	return status.Error(codes.Unavailable, "restarting")
 }
 
-// The replay of a retried stream runs inside RecvMsg, holding sendMu. When
-// the replay exceeds the server's flow-control window and the server sends
-// before it reads, RecvMsg waits for the server to read and the server waits
-// for the client to read: the deadlock TestStreamSendWaitingForFlowControl-
-// DoesNotBlockRecv guards against for SendMsg, on the replay path.
 // The replay of a retried stream may wait for flow control until the server
 // reads, and a server may send before it reads: RecvMsg must go on reading
 // meanwhile. With small fixed windows the replay cannot fit in them.
@@ -311,7 +289,7 @@ func TestStreamReplayWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
 	for _, fixed := range []bool{true, false} {
 		t.Run(map[bool]string{true: "fixed-window", false: "default-window"}[fixed], func(t *testing.T) {
 			const msgs, msgSize = 3, 80 << 10 // 240 KiB: within the default replay buffer
-			svc := &pushAfterRestart{n: 32, size: 256 << 10, read: msgs}
+			svc := &pushAfterRestart{pushFirst: pushFirst{n: 32, size: 256 << 10}, read: msgs}
 			var sopts []grpc.ServerOption
 			if fixed {
 				sopts = append(sopts, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))

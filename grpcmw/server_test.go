@@ -380,12 +380,11 @@ func (downStore) Claim(context.Context, idempotency.Key, idempotency.Fingerprint
 	return idempotency.ClaimResult{}, errors.New("dial tcp 10.0.0.9:6379: connection refused")
 }
 
-// The interceptor's doc says "the breaker counts only calls that reached the
-// service". A call refused by the idempotency Guard (here: its store is down,
-// failing closed, which the interceptor answers with Unavailable) never ran
-// the handler, yet the breaker counts it as a failure: an idempotency-store
-// outage opens the service's breaker and then refuses every call, those
-// without a key too, which the healthy handler would have served.
+// The breaker counts only calls that ran the handler. A call the idempotency
+// Guard refused (here: its store is down, failing closed, answered with
+// Unavailable) is not a failure of the service: an idempotency-store outage
+// must not open the service's breaker, which would then refuse calls without
+// a key too.
 func TestIdempotencyStoreOutageDoesNotOpenServiceBreaker(t *testing.T) {
 	br := breaker.New("store-outage", breaker.WithConsecutiveFailures(2))
 	g := idempotency.New("store-outage", downStore{})
@@ -406,9 +405,9 @@ func TestIdempotencyStoreOutageDoesNotOpenServiceBreaker(t *testing.T) {
 }
 
 // The other side of the same rule: a call the Guard answers without running
-// the handler (a replay, an in-flight Aborted, a mismatch) is reported as a
-// Success. As the half-open probe, a replay closes the breaker although the
-// service was never asked and is still failing.
+// the handler (a replay, an in-flight Aborted, a mismatch) is no success of
+// the service either. As the half-open probe, a replay must not close the
+// breaker of a service that was never asked and is still failing.
 func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
 	clk := clock.NewFake(time.Now())
 	br := breaker.New("replay-probe", breaker.WithConsecutiveFailures(1), breaker.WithHalfOpen(1, 1),
