@@ -305,39 +305,41 @@ func (rs *retryStream) Header() (metadata.MD, error) {
 // SendMsg sends m on the current attempt and keeps it for a replay while the
 // stream is uncommitted.
 func (rs *retryStream) SendMsg(m any) error {
-	if !rs.retrying || rs.committed.Load() {
+	if !rs.retrying {
 		err := rs.current().SendMsg(m)
 		if err != nil && err != io.EOF {
 			rs.refuse(err)
 		}
 		return err
 	}
+	// Committed or not: a replay may still be sending on this attempt.
 	rs.sendMu.Lock()
 	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
-	if !rs.overflow && !rs.committed.Load() {
+	kept := !rs.overflow && !rs.committed.Load() // for a replay
+	if kept {
 		size := 0
 		if pm, ok := m.(proto.Message); ok {
 			size = proto.Size(pm)
 		}
 		if len(rs.sent) >= rs.c.streamMsgs || rs.sentBytes+size > rs.c.streamBytes {
-			rs.overflow, rs.sent, rs.sentBytes = true, nil, 0
+			rs.overflow, rs.sent, rs.sentBytes, kept = true, nil, 0, false
 		} else {
 			rs.sent = append(rs.sent, m)
 			rs.sentBytes += size
 		}
 	}
-	cur, broken, overflow := rs.cur, rs.broken, rs.overflow
+	cur, broken := rs.cur, rs.broken
 	rs.mu.Unlock()
 	if broken {
-		if overflow {
+		if !kept {
 			return io.EOF
 		}
 		return nil
 	}
 	err := cur.SendMsg(m) // without mu: it may wait for flow control
 	switch {
-	case err == io.EOF && !overflow:
+	case err == io.EOF && kept:
 		rs.mu.Lock()
 		rs.broken = true
 		rs.mu.Unlock()
@@ -351,10 +353,10 @@ func (rs *retryStream) SendMsg(m any) error {
 // CloseSend closes the send direction of the current attempt, and of any
 // attempt that replaces it.
 func (rs *retryStream) CloseSend() error {
-	if !rs.retrying || rs.committed.Load() {
+	if !rs.retrying {
 		return rs.current().CloseSend()
 	}
-	rs.sendMu.Lock()
+	rs.sendMu.Lock() // after a replay still sending, committed or not
 	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
 	rs.closedSend = true

@@ -3,6 +3,7 @@ package grpcmw_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -359,4 +360,69 @@ func TestReportAttemptsCountsARefusedAttempt(t *testing.T) {
 			assert.Equal(t, 2, attempts, "attempt 2 was refused by the open breaker")
 		})
 	}
+}
+
+// answerFirst fails its first bidi call after reading read messages; on later
+// calls it sends one message before it reads, then records the size of each
+// message it reads until the client closes.
+type answerFirst struct {
+	testpb.UnimplementedTestServiceServer
+	calls atomic.Int32
+	read  int
+	got   chan []int
+}
+
+func (a *answerFirst) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) error {
+	if a.calls.Add(1) == 1 {
+		for range a.read {
+			if _, err := ss.Recv(); err != nil {
+				return err
+			}
+		}
+		return status.Error(codes.Unavailable, "restarting")
+	}
+	if err := ss.Send(&testpb.StreamingOutputCallResponse{}); err != nil {
+		return err
+	}
+	var sizes []int
+	for {
+		m, err := ss.Recv()
+		if err != nil {
+			a.got <- sizes
+			return nil
+		}
+		sizes = append(sizes, len(m.GetPayload().GetBody()))
+	}
+}
+
+// A response may commit a retried stream while its replay still waits for
+// flow control. A message sent after that goes out after the replay, never
+// beside it.
+func TestStreamSendAfterCommitWaitsForTheReplay(t *testing.T) {
+	const msgs, msgSize = 3, 80 << 10 // more than the server's fixed window
+	svc := &answerFirst{read: msgs, got: make(chan []int, 1)}
+	sopts := []grpc.ServerOption{grpc.InitialWindowSize(64 << 10), grpc.InitialConnWindowSize(64 << 10)}
+	clk := clock.NewFake(time.Time{})
+	c, _ := serve(t, "tcp", svc, sopts, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.FullDuplexCall(ctx)
+	require.NoError(t, err)
+	big := bytes.Repeat([]byte{'c'}, msgSize)
+	for range msgs {
+		require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}))
+	}
+	recv := make(chan error, 1)
+	go func() {
+		_, err := st.Recv() // fails, waits for the retry, then gets the answer: committed
+		recv <- err
+	}()
+	clk.WaitForTimers(1)
+	clk.Advance(time.Second)
+	require.NoError(t, <-recv)
+	require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("tail")}}))
+	require.NoError(t, st.CloseSend())
+	require.Equal(t, []int{msgSize, msgSize, msgSize, len("tail")}, <-svc.got)
+	_, err = st.Recv()
+	require.ErrorIs(t, err, io.EOF)
 }
