@@ -36,9 +36,7 @@ import (
 // breaker does not count it. While a stream may be retried, Context
 // returns a context that lasts as long as the stream rather than the current
 // attempt's, which ends with the attempt. SendMsg may run beside RecvMsg, as
-// in grpc-go; Header should be called before RecvMsg or on the goroutine
-// that calls it, since headers received commit the stream, which races with
-// a retry that RecvMsg has begun.
+// in grpc-go, and so may Header.
 //
 // # When a stream is retried
 //
@@ -110,8 +108,12 @@ type retryStream struct {
 	breaker   *breaker.Breaker
 	attempts  *int
 	retrying  bool
-	loop      retry.Loop // used by the goroutine that opens or reads (and Header's commit)
+	loop      retry.Loop // used by the goroutine that reads, and under retryMu
 	stopWatch func() bool
+
+	// retryMu is held while a failed attempt is replaced (RecvMsg) and while
+	// headers commit the stream (Header), so that the two never overlap.
+	retryMu sync.Mutex
 
 	attempt      atomic.Int32 // the current attempt's number, for ReportAttempts
 	attemptsOnce sync.Once
@@ -289,13 +291,20 @@ func (rs *retryStream) Context() context.Context {
 // Trailer returns the trailer of the current attempt's stream.
 func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 
-// Header waits for the response headers; headers received commit the stream.
-// An error ends a stream that will not be retried, as grpc-go's does.
+// Header waits for the response headers; headers received commit the stream
+// to the attempt they came from, unless RecvMsg has replaced that attempt
+// since (Header then waits for a replacement in progress). An error ends a
+// stream that will not be retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
-	md, err := rs.current().Header()
+	s := rs.current()
+	md, err := s.Header()
 	switch {
-	case md != nil:
-		rs.commit()
+	case md != nil && !rs.committed.Load():
+		rs.retryMu.Lock()
+		if rs.current() == s {
+			rs.commit()
+		}
+		rs.retryMu.Unlock()
 	case err != nil && (!rs.retrying || rs.committed.Load()):
 		rs.end(err)
 	}
@@ -388,21 +397,35 @@ func (rs *retryStream) RecvMsg(m any) error {
 			rs.end(nil)
 			return err
 		}
-		rs.report(err)
-		if !rs.retrying || !rs.replayable() {
-			if rs.retrying {
-				rs.loop.Decide(bulwark.Permanent(err))
-			}
-			rs.fail(err)
-			return err
-		}
-		if err := rs.again(err, s.Trailer()); err != nil {
-			return err
-		}
-		if err := rs.openLoop(nil); err != nil {
+		if err := rs.failed(s, err); err != nil {
 			return err
 		}
 	}
+}
+
+// failed handles err, the failure of attempt s before any response message:
+// it ends the stream and returns err, or opens the next attempt and returns
+// nil. It holds retryMu, so that Header does not commit the stream while an
+// attempt is being replaced.
+func (rs *retryStream) failed(s grpc.ClientStream, err error) error {
+	rs.retryMu.Lock()
+	defer rs.retryMu.Unlock()
+	if rs.committed.Load() { // by Header, since s.RecvMsg returned
+		rs.received(err)
+		return err
+	}
+	rs.report(err)
+	if !rs.retrying || !rs.replayable() {
+		if rs.retrying {
+			rs.loop.Decide(bulwark.Permanent(err))
+		}
+		rs.fail(err)
+		return err
+	}
+	if err := rs.again(err, s.Trailer()); err != nil {
+		return err
+	}
+	return rs.openLoop(nil)
 }
 
 // received ends a committed stream after RecvMsg returned err: at an error

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/bulwark-go/bulwark/breaker"
@@ -425,4 +427,50 @@ func TestStreamSendAfterCommitWaitsForTheReplay(t *testing.T) {
 	require.Equal(t, []int{msgSize, msgSize, msgSize, len("tail")}, <-svc.got)
 	_, err = st.Recv()
 	require.ErrorIs(t, err, io.EOF)
+}
+
+// headerThenFail sends headers on every call, and fails every odd one with
+// Unavailable after them.
+type headerThenFail struct {
+	testpb.UnimplementedTestServiceServer
+	mu    sync.Mutex
+	calls int
+}
+
+func (h *headerThenFail) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
+	h.mu.Lock()
+	h.calls++
+	n := h.calls
+	h.mu.Unlock()
+	if err := ss.SendHeader(metadata.Pairs("x", "y")); err != nil {
+		return err
+	}
+	if n%2 == 1 {
+		return status.Error(codes.Unavailable, "after headers")
+	}
+	return ss.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: []byte("ok")}})
+}
+
+// Header may run beside a RecvMsg that is replacing a failed attempt: the
+// headers of the failed attempt must not commit the stream in the middle of
+// that, which the race detector sees as two goroutines deciding on one retry
+// loop.
+func TestStreamHeaderBesideARetry(t *testing.T) {
+	p := retry.New("header-beside-retry", retry.WithBudget(nil), retry.WithMaxAttempts(3),
+		retry.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }))
+	c, _ := serve(t, "bufconn", &headerThenFail{}, nil, clientOpts(grpcmw.WithRetry(p))...)
+	for range 50 {
+		st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		wg.Go(func() { _, _ = st.Header(); _ = st.Trailer() })
+		got, err := recvAll(st)
+		wg.Wait()
+		if err == nil { // retried: the second call's message
+			require.Equal(t, []string{"ok"}, got)
+		} else { // headers committed the first call, which failed after them
+			requireCode(t, codes.Unavailable, err)
+			require.Empty(t, got)
+		}
+	}
 }
