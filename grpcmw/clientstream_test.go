@@ -285,6 +285,27 @@ func (p *pushAfterRestart) FullDuplexCall(ss testpb.TestService_FullDuplexCallSe
 	return status.Error(codes.Unavailable, "restarting")
 }
 
+// sentBig serves svc over TCP, with 64 KiB flow-control windows when small
+// is set, behind a client that retries on clk; it opens a bidi stream, which
+// ends within 5 s, and sends it n messages of size bytes.
+func sentBig(t *testing.T, svc testpb.TestServiceServer, small bool, clk *clock.Fake, n, size int) testpb.TestService_FullDuplexCallClient {
+	t.Helper()
+	var sopts []grpc.ServerOption
+	if small {
+		sopts = append(sopts, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	}
+	c, _ := serve(t, "tcp", svc, sopts, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	st, err := c.FullDuplexCall(ctx)
+	require.NoError(t, err)
+	big := bytes.Repeat([]byte{'c'}, size)
+	for range n {
+		require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}))
+	}
+	return st
+}
+
 // The replay of a retried stream may wait for flow control until the server
 // reads, and a server may send before it reads: RecvMsg must go on reading
 // meanwhile. With small fixed windows the replay cannot fit in them.
@@ -293,20 +314,8 @@ func TestStreamReplayWaitingForFlowControlDoesNotBlockRecv(t *testing.T) {
 		t.Run(map[bool]string{true: "fixed-window", false: "default-window"}[fixed], func(t *testing.T) {
 			const msgs, msgSize = 3, 80 << 10 // 240 KiB: within the default replay buffer
 			svc := &pushAfterRestart{pushFirst: pushFirst{n: 32, size: 256 << 10}, read: msgs}
-			var sopts []grpc.ServerOption
-			if fixed {
-				sopts = append(sopts, grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
-			}
 			clk := clock.NewFake(time.Time{})
-			c, _ := serve(t, "tcp", svc, sopts, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			st, err := c.FullDuplexCall(ctx)
-			require.NoError(t, err)
-			big := bytes.Repeat([]byte{'c'}, msgSize)
-			for range msgs {
-				require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}))
-			}
+			st := sentBig(t, svc, fixed, clk, msgs, msgSize)
 			go func() {
 				clk.WaitForTimers(1)
 				clk.Advance(time.Second)
@@ -403,17 +412,8 @@ func (a *answerFirst) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer)
 func TestStreamSendAfterCommitWaitsForTheReplay(t *testing.T) {
 	const msgs, msgSize = 3, 80 << 10 // more than the server's fixed window
 	svc := &answerFirst{read: msgs, got: make(chan []int, 1)}
-	sopts := []grpc.ServerOption{grpc.InitialWindowSize(64 << 10), grpc.InitialConnWindowSize(64 << 10)}
 	clk := clock.NewFake(time.Time{})
-	c, _ := serve(t, "tcp", svc, sopts, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := c.FullDuplexCall(ctx)
-	require.NoError(t, err)
-	big := bytes.Repeat([]byte{'c'}, msgSize)
-	for range msgs {
-		require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: big}}))
-	}
+	st := sentBig(t, svc, true, clk, msgs, msgSize)
 	recv := make(chan error, 1)
 	go func() {
 		_, err := st.Recv() // fails, waits for the retry, then gets the answer: committed
@@ -425,7 +425,7 @@ func TestStreamSendAfterCommitWaitsForTheReplay(t *testing.T) {
 	require.NoError(t, st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("tail")}}))
 	require.NoError(t, st.CloseSend())
 	require.Equal(t, []int{msgSize, msgSize, msgSize, len("tail")}, <-svc.got)
-	_, err = st.Recv()
+	_, err := st.Recv()
 	require.ErrorIs(t, err, io.EOF)
 }
 
