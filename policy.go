@@ -23,7 +23,9 @@ func (f PolicyFunc) Do(ctx context.Context, fn func(context.Context) error) erro
 // Chain composes policies into one, outermost first: Chain(retry, breaker)
 // retries calls that go through the breaker, so every attempt asks the breaker
 // for a permit and a rejection by the breaker is seen (and classified) by the
-// retry policy. Nil policies are skipped; Chain() runs fn directly.
+// retry policy. Nil policies are skipped, but only a nil interface value: a
+// typed nil pointer such as (*breaker.Breaker)(nil) is a policy, and panics
+// when the chain runs. Chain() runs fn directly.
 func Chain(policies ...Policy) Policy {
 	var ps []Policy
 	for _, p := range policies {
