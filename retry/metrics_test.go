@@ -3,6 +3,7 @@ package retry
 import (
 	"context"
 	"fmt"
+	"maps"
 	"runtime"
 	"strings"
 	"sync"
@@ -60,24 +61,7 @@ func TestMetricsAfterScriptedScenario(t *testing.T) {
 
 	calls := func(name, result string) float64 {
 		t.Helper()
-		c, err := reg.Gather()
-		require.NoError(t, err)
-		for _, mf := range c {
-			if mf.GetName() != "bulwark_retry_calls_total" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				labels := map[string]string{}
-				for _, lp := range m.GetLabel() {
-					labels[lp.GetName()] = lp.GetValue()
-				}
-				if labels["name"] == name && labels["result"] == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-		t.Fatalf("no series name=%s result=%s", name, result)
-		return 0
+		return seriesValue(t, reg, "bulwark_retry_calls_total", map[string]string{"name": name, "result": result})
 	}
 	for result, want := range map[string]float64{
 		"first_try": 1, "after_retry": 1, "exhausted": 1, "not_retryable": 1, "canceled": 1, "budget_exhausted": 0,
@@ -191,14 +175,8 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 	require.NoError(t, b.Do(ctx, ok))
 	require.NoError(t, a.Do(ctx, ok))
 	calls := func() float64 {
-		mfs, err := reg.Gather()
-		require.NoError(t, err)
-		for _, mf := range mfs {
-			if mf.GetName() == "bulwark_retry_attempts_total" {
-				return mf.GetMetric()[0].GetCounter().GetValue()
-			}
-		}
-		return 0
+		t.Helper()
+		return seriesValue(t, reg, "bulwark_retry_attempts_total", map[string]string{"name": "gc"})
 	}
 	// b lives through this scrape: what a policy counted after the last
 	// scrape before its collection is lost, by design.
@@ -213,21 +191,33 @@ func TestMetricsSharedNameMonotonicAcrossGC(t *testing.T) {
 // budgetTokens returns the value of bulwark_retry_budget_tokens{name=name}.
 func budgetTokens(t *testing.T, reg prometheus.Gatherer, name string) float64 {
 	t.Helper()
+	return seriesValue(t, reg, "bulwark_retry_budget_tokens", map[string]string{"name": name})
+}
+
+// seriesValue returns the value of the counter or gauge series of metric
+// whose labels are exactly labels.
+func seriesValue(t *testing.T, reg prometheus.Gatherer, metric string, labels map[string]string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
-		if mf.GetName() != "bulwark_retry_budget_tokens" {
+		if mf.GetName() != metric {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
 			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "name" && lp.GetValue() == name {
-					return m.GetGauge().GetValue()
+				got[lp.GetName()] = lp.GetValue()
+			}
+			if maps.Equal(got, labels) {
+				if c := m.GetCounter(); c != nil {
+					return c.GetValue()
 				}
+				return m.GetGauge().GetValue()
 			}
 		}
 	}
-	t.Fatalf("no bulwark_retry_budget_tokens{name=%q}", name)
+	t.Fatalf("no series %s%v", metric, labels)
 	return 0
 }
 
