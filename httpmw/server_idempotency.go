@@ -151,7 +151,7 @@ func WithFingerprintHeaders(names ...string) Option {
 //
 //	first request           handler runs; its response is stored
 //	repeat after completion stored status, headers and body, plus Idempotent-Replayed: true
-//	repeat while running    409 Conflict, Retry-After, TypeIdempotencyInFlight
+//	repeat while running    409 Conflict, Retry-After: 1 (idempotency.InFlightPoll), TypeIdempotencyInFlight
 //	key used for another
 //	  request               422 Unprocessable Content, TypeIdempotencyKeyReused
 //	key missing (when g

@@ -26,7 +26,7 @@
 //	ResultNew          nil                       run the handler, then Lease.Finish  same
 //	ResultReplayed     nil                       stored response,                    stored response,
 //	                                             plus Idempotent-Replayed: true      plus metadata idempotent-replayed: true
-//	ResultInFlight     *InFlightError            409 Conflict + Retry-After          Aborted (+ retry pushback)
+//	ResultInFlight     *InFlightError            409 Conflict + Retry-After          Aborted + RetryInfo, retry pushback
 //	ResultMismatch     ErrMismatch               422 Unprocessable Content           FailedPrecondition
 //	ResultMissingKey   ErrMissingKey (required)  400 Bad Request                     InvalidArgument
 //	                   nil (not required)        run the handler unprotected         same
@@ -34,6 +34,12 @@
 //	ResultStoreError   *StoreError (fail closed) 503 Service Unavailable             Unavailable
 //	                   nil (fail open)           run the handler unprotected         same
 //	(ReadFingerprint)  ErrBodyTooLarge           413 Content Too Large               InvalidArgument
+//
+// The in-flight answer asks the client to come back after the error's
+// RetryHint, at most InFlightPoll (one second): by then the first request has
+// usually finished and the retry gets its stored response. The HTTP transport
+// and the gRPC client interceptor of this module retry it by themselves when
+// the request carries an idempotency key.
 //
 // Outcome.Run reports whether to run the handler. When the handler ran with a
 // Lease, the adapter calls Lease.Finish with the response (which stores it or

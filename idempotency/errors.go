@@ -41,11 +41,24 @@ var (
 	ErrResponseTooLarge = errors.New("idempotency: response too large to store")
 )
 
+// InFlightPoll is the longest retry hint of an [*InFlightError]: how soon a
+// client is told to ask again while the key's first request still runs.
+//
+// The lease says when a crashed holder's key frees at the latest, not when a
+// live holder will finish: a holder renews its lease for as long as it runs,
+// so the time left on it stays near the full lease (30 s by default), and
+// most requests finish in well under a second. A client that waited out the
+// lease would wait for nothing, and one that caps its waits (an HTTP
+// transport's longest Retry-After, say) would give up instead of picking up
+// the stored result a moment later. One second is also the smallest wait an
+// HTTP Retry-After can express.
+const InFlightPoll = time.Second
+
 // InFlightError is the error Begin returns when another request holds the
 // key. It is ErrInFlight for errors.Is and carries a retry-after hint.
 type InFlightError struct {
-	// RetryAfter is the time until the current lease ends: the earliest
-	// moment a retry can get a different answer.
+	// RetryAfter is the time until the current lease ends: the latest moment
+	// a retry can still get this answer, unless the holder renews its lease.
 	RetryAfter time.Duration
 }
 
@@ -56,8 +69,11 @@ func (e *InFlightError) Error() string {
 // Is reports whether target is ErrInFlight.
 func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
 
-// RetryHint returns RetryAfter as a bulwark.Hint.
-func (e *InFlightError) RetryHint() bulwark.Hint { return bulwark.Hint{RetryAfter: e.RetryAfter} }
+// RetryHint tells a client to ask again after RetryAfter or [InFlightPoll],
+// whichever is sooner.
+func (e *InFlightError) RetryHint() bulwark.Hint {
+	return bulwark.Hint{RetryAfter: min(e.RetryAfter, InFlightPoll)}
+}
 
 // StoreError is the error the Guard returns when a store operation fails. It
 // is ErrStoreUnavailable for errors.Is and unwraps to the cause (a network

@@ -27,7 +27,7 @@ func ExampleGuard_Begin() {
 		case errors.Is(err, idempotency.ErrMissingKey), errors.Is(err, idempotency.ErrInvalidKey):
 			fmt.Println(400)
 		case errors.As(err, &inflight):
-			fmt.Println(409, "Retry-After", inflight.RetryAfter.Seconds())
+			fmt.Println(409, "Retry-After", inflight.RetryHint().RetryAfter.Seconds())
 		case errors.Is(err, idempotency.ErrMismatch):
 			fmt.Println(422)
 		case errors.Is(err, idempotency.ErrStoreUnavailable):

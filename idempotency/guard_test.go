@@ -106,10 +106,18 @@ func TestGuardErrorsCarryHints(t *testing.T) {
 	defer func() { require.NoError(t, out.Lease.Release(bg)) }()
 	clk.Advance(time.Second) // the renewal is due at 3.33 s
 	_, err = g.Begin(bg, req("k", "a"))
+	inflight, ok := errors.AsType[*idempotency.InFlightError](err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, 9*time.Second, inflight.RetryAfter, "the time left on the lease")
+	require.Contains(t, err.Error(), "9s")
+	// The client is told to ask again in a second, not when the lease ends:
+	// the holder renews it while it runs.
 	h, ok := bulwark.HintOf(err)
 	require.True(t, ok)
-	require.Equal(t, 9*time.Second, h.RetryAfter)
-	require.Contains(t, err.Error(), "9s")
+	require.Equal(t, idempotency.InFlightPoll, h.RetryAfter)
+	// A lease that ends sooner than that is waited out.
+	h = (&idempotency.InFlightError{RetryAfter: 300 * time.Millisecond}).RetryHint()
+	require.Equal(t, 300*time.Millisecond, h.RetryAfter)
 
 	for _, r := range []idempotency.Request{req("k", "b"), req("", "a"), req("\x00", "a")} {
 		_, err := g.Begin(bg, r)
