@@ -93,7 +93,10 @@ type TransportOption func(*Transport)
 // refused connection, an attempt timeout — but not the caller's context
 // ending, and not a TLS certificate error), when a limiter, bulkhead or
 // breaker refused it, or when the response status is retryable (429, 502,
-// 503, 504 by default; [WithRetryableStatus]). A retryable status becomes a
+// 503, 504 by default; [WithRetryableStatus]), or when a request with an
+// idempotency key is told that the first request with that key still runs
+// (409 Conflict with Retry-After, not a replay: see [Idempotency]), which a
+// retry after a timed-out attempt often is. A retryable status becomes a
 // [*StatusError] for the retry policy, carrying the response's Retry-After
 // (both forms, see [ParseRetryAfter]) as a [bulwark.Hint], so that the next
 // wait is what the server asked for. A hint longer than [WithMaxRetryAfter]
@@ -254,8 +257,10 @@ func WithIdempotencyKeys(newKey func() string) TransportOption {
 }
 
 // WithRetryableStatus replaces the response status codes that are retried
-// (429, 502, 503 and 504 by default). With no codes, no response is retried,
-// only errors. It panics for a code outside 100–599.
+// (429, 502, 503 and 504 by default). With no codes, no response is retried
+// but the in-flight answer to a request with an idempotency key (see
+// [Transport]), which is not a result. It panics for a code outside
+// 100–599.
 func WithRetryableStatus(codes ...int) TransportOption {
 	var s trStatusSet
 	s.add(codes...)
@@ -323,6 +328,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !retryable {
 		return t.trAttempt(req, nil, req.Body, nil)
 	}
+	keyed := addKey || trHasKey(req.Header)
 
 	body := req.Body
 	var replay func() (io.ReadCloser, error)
@@ -359,7 +365,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		switch {
 		case err != nil:
 			aerr = t.trClassify(err)
-		case t.status.has(resp.StatusCode):
+		case t.status.has(resp.StatusCode), keyed && trInFlight(resp):
 			aerr = t.trStatusError(resp)
 		default:
 			l.Decide(nil)
@@ -482,13 +488,28 @@ func (t *Transport) trRetryableRequest(req *http.Request) (retryable, addKey boo
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true, false
 	}
-	if len(req.Header[IdempotencyKeyHeader]) > 0 || len(req.Header["X-Idempotency-Key"]) > 0 {
+	if trHasKey(req.Header) {
 		return true, false
 	}
 	if t.newKey != nil && (req.Method == http.MethodPost || req.Method == http.MethodPatch) {
 		return true, true
 	}
 	return false, false
+}
+
+// trHasKey reports whether h carries an idempotency key.
+func trHasKey(h http.Header) bool {
+	return len(h[IdempotencyKeyHeader]) > 0 || len(h["X-Idempotency-Key"]) > 0
+}
+
+// trInFlight reports whether resp is a server's "the first request with this
+// key still runs; ask again later": 409 Conflict with a Retry-After, and not
+// a stored response replayed (which a retry would only get again). The
+// Idempotency middleware answers so, as the IETF Idempotency-Key draft says.
+func trInFlight(resp *http.Response) bool {
+	return resp.StatusCode == http.StatusConflict &&
+		len(resp.Header["Retry-After"]) > 0 &&
+		len(resp.Header[srvHeaderReplayed]) == 0
 }
 
 // trClassify turns an attempt's error into what the retry loop should see:

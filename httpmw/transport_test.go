@@ -1118,3 +1118,116 @@ func TestTransportBuildsOneBreakerPerHost(t *testing.T) {
 	}
 	require.Equal(t, "http://example.com:80", got[0].Name())
 }
+
+// TestTransportRetriesInFlightConflict: a POST whose first attempt timed out
+// while the server still ran it gets, on its retry, the server's in-flight
+// 409. The transport waits the second it asks for and retries again, and the
+// caller gets the first request's stored result: the effect happened once.
+func TestTransportRetriesInFlightConflict(t *testing.T) {
+	t.Parallel()
+	entered, release, stored := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var runs atomic.Int32
+	effect := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		runs.Add(1)
+		close(entered)
+		<-release // outlives the client's first attempt
+		w.Header().Set("X-Ran", "1")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "charged")
+	})
+	g := idempotency.New("httpmw_transport_inflight", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	guarded := Idempotency(g, WithoutScope())(effect)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		guarded.ServeHTTP(w, r)
+		if w.Header().Get("X-Ran") != "" { // the run that stored its response is over
+			close(stored)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free) // before srv.Close, which waits for the handler
+
+	clk := clock.NewFake(time.Time{})
+	rec := &trRecorder{}
+	retrying := make(chan struct{}, 2)
+	c := &http.Client{Transport: NewTransport(srv.Client().Transport,
+		WithRetry(trPolicy(clk, 3, nil, retry.WithAttemptTimeout(50*time.Millisecond),
+			retry.WithOnRetry(func(n int, err error, d time.Duration) {
+				rec.onRetry(n, err, d)
+				retrying <- struct{}{}
+			}))))}
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("42 EUR"))
+	done := trStart(c, req)
+	<-entered
+	<-retrying
+	trAdvanceExactly(t, clk, 100*time.Millisecond) // the backoff after the timed-out attempt
+	select {
+	case <-retrying: // the second attempt got the 409 and waits
+	case res := <-done:
+		require.NoError(t, res.err)
+		t.Fatalf("the in-flight answer was not retried: the caller got %d", res.resp.StatusCode)
+	}
+	free()
+	<-stored
+	trAdvanceExactly(t, clk, idempotency.InFlightPoll)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, http.StatusCreated, res.resp.StatusCode)
+	require.Equal(t, "charged", res.body)
+	require.Equal(t, "true", res.resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, int32(1), runs.Load(), "the effect happened once")
+
+	delays, errs := rec.get()
+	require.Equal(t, []time.Duration{100 * time.Millisecond, time.Second}, delays)
+	require.ErrorIs(t, errs[0], context.DeadlineExceeded)
+	var se *StatusError
+	require.ErrorAs(t, errs[1], &se)
+	require.Equal(t, http.StatusConflict, se.StatusCode)
+}
+
+// TestTransportInFlightConflictNeedsAKey: only a 409 with Retry-After to a
+// request with an idempotency key, and not a replay, is the in-flight answer.
+func TestTransportInFlightConflictNeedsAKey(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		method  string
+		key     string
+		answer  trStep
+		opts    []TransportOption
+		retried bool
+	}{
+		{"keyed", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"), nil, true},
+		{"keyed, retryable statuses replaced", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"),
+			[]TransportOption{WithRetryableStatus()}, true},
+		{"no Retry-After", http.MethodPost, `"k"`, trStatus(409, ""), nil, false},
+		{"a replay", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1", "Idempotent-Replayed", "true"), nil, false},
+		{"no key", http.MethodGet, "", trStatus(409, "", "Retry-After", "1"), nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			u := trNewUpstream(t, tt.answer, trStatus(200, "ok"))
+			clk := clock.NewFake(time.Time{})
+			c := u.client(append([]TransportOption{WithRetry(trPolicy(clk, 3, nil))}, tt.opts...)...)
+			req, _ := http.NewRequest(tt.method, u.srv.URL, nil)
+			if tt.key != "" {
+				req.Header.Set(IdempotencyKeyHeader, tt.key)
+			}
+			done := trStart(c, req)
+			if tt.retried {
+				trAdvanceExactly(t, clk, time.Second)
+			}
+			res := <-done
+			require.NoError(t, res.err)
+			if tt.retried {
+				require.Equal(t, 200, res.resp.StatusCode)
+				require.Len(t, u.seen(), 2)
+			} else {
+				require.Equal(t, 409, res.resp.StatusCode)
+				require.Len(t, u.seen(), 1)
+			}
+		})
+	}
+}
