@@ -14,5 +14,11 @@
 //
 // When Redis is down or slow, each decision gives up after a short timeout
 // and the configured [FailureMode] decides: [FailOpen] (the default),
-// [FailClosed], or [FallbackLocal].
+// [FailClosed], or [FallbackLocal]. Every decision tries Redis first, so Redis
+// decides again from the first request after it is back. A fallback limiter
+// is usually smaller than the shared limit; a request that costs more than
+// its burst, but not more than the shared limit's, is denied while Redis is
+// away (with the RetryAfter Redis would give on a drained bucket), never
+// refused with [ratelimit.ErrCostExceedsLimit], which would tell the caller
+// that no retry can help.
 package redisrate

@@ -75,6 +75,15 @@ func FailClosed() FailureMode { return FailureMode{kind: failClosed} }
 // each fallback r/n and the burst divided likewise, so that the fleet stays
 // near the limit while Redis is away. l counts its own decisions under its
 // own name. It panics when l is nil.
+//
+// A cost above l's burst but within the limiter's is denied, not refused
+// with [ratelimit.ErrCostExceedsLimit]: l alone could never allow it, but
+// Redis can once it answers again, and that error tells callers that no
+// retry can help. The Decision is Redis's answer for a drained bucket — the
+// limiter's policy, Remaining 0, Reset the Window, RetryAfter the time the
+// limit takes to refill that cost — with a nil error, l's bucket is left
+// alone, and only this limiter counts it (as decision="error"). Only a cost
+// above the limiter's own burst returns ErrCostExceedsLimit.
 func FallbackLocal(l *ratelimit.Local) FailureMode {
 	if l == nil {
 		panic("redisrate: FallbackLocal(nil)")
@@ -215,9 +224,10 @@ func (l *Limiter) Name() string { return l.name }
 // reports the decision, in one round trip to Redis. A cost of 0 reports the
 // state without writing; a denied request writes nothing. A cost above the
 // burst returns [ratelimit.ErrCostExceedsLimit] and a negative one
-// [ratelimit.ErrInvalidCost], without I/O. When Redis fails or does not answer
-// within the timeout, the [FailureMode] decides; when ctx itself ends first,
-// Allow returns ctx.Err().
+// [ratelimit.ErrInvalidCost], without I/O, whatever the [FailureMode]. When
+// Redis fails or does not answer within the timeout, the FailureMode decides
+// (a fallback never refuses a cost within this burst for good; see
+// [FallbackLocal]); when ctx itself ends first, Allow returns ctx.Err().
 func (l *Limiter) Allow(ctx context.Context, key string, cost int) (ratelimit.Decision, error) {
 	switch {
 	case cost < 0:
@@ -317,10 +327,34 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 	case failClosed:
 		return l.policyOnly(false), fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case fallbackLocal:
-		return l.mode.local.Allow(ctx, key, cost)
+		d, err := l.mode.local.Allow(ctx, key, cost)
+		if errors.Is(err, ratelimit.ErrCostExceedsLimit) {
+			// cost fits Redis's burst (Allow checked) but not the
+			// fallback's: Redis may allow it as soon as it answers, so
+			// this is a denial for now, never ErrCostExceedsLimit. The
+			// fallback did not decide it and does not count it.
+			return l.drained(cost), nil
+		}
+		return d, err
 	default:
 		return l.policyOnly(true), nil
 	}
+}
+
+// drained is the denial of a request for cost that the fallback cannot
+// judge: Redis's answer for the key with its bucket drained. The shared
+// state is unknown, and assuming the worst case keeps every hint within what
+// Redis itself could have said: Remaining 0, Reset the Window, and
+// RetryAfter cost×interval, the longest Redis ever asks a request of that
+// cost to wait. There is no earlier moment to promise: each decision tries
+// Redis first, so none is known at which Redis will answer again, and a
+// RetryAfter of zero would invite clients to retry in a tight loop through
+// the timeout of every attempt.
+func (l *Limiter) drained(cost int) ratelimit.Decision {
+	d := l.policyOnly(false)
+	d.Reset = l.window
+	d.RetryAfter = time.Duration(cost) * l.interval
+	return d
 }
 
 func (l *Limiter) policyOnly(allowed bool) ratelimit.Decision {

@@ -16,6 +16,7 @@ import (
 	"weak"
 
 	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/internal/gctest"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/bulwark-go/bulwark/ratelimit"
@@ -364,6 +365,50 @@ func TestRedisUnreachable(t *testing.T) {
 			require.Zero(t, float64(l.counts.Load(rlmetrics.Allowed)))
 		})
 	}
+}
+
+// While Redis is away, a cost that the fallback's burst cannot hold but
+// Redis's can is an ordinary denial for now, not ErrCostExceedsLimit (which
+// says retrying can never help): Redis's policy with its answer for a drained
+// bucket, counted only as the limiter's error. The fallback's bucket is left
+// alone, and a cost above Redis's burst is still refused for good. The
+// fallback's clock is fake, so nothing refills between the decisions.
+func TestFallbackDeniesCostAboveItsBurstForNow(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	local := ratelimit.NewLocal("fallback", 1, 2, ratelimit.WithClock(clock.NewFake(time.Time{})), ratelimit.WithRegisterer(reg))
+	// 100 ms per unit; any failure to reach Redis goes to the fallback, so
+	// the default timeout cannot make this flaky.
+	l := New("down", newClient(t, closedPort(t)), 10, 5, WithFailureMode(FallbackLocal(local)), WithRegisterer(reg))
+
+	d, err := l.Allow(bg, "k", 3)
+	require.NoError(t, err, "a cost within Redis's burst can be allowed once Redis is back")
+	require.Equal(t, ratelimit.Decision{
+		Allowed: false, Policy: ratelimit.DefaultPolicy, Limit: 5, Window: 500 * time.Millisecond,
+		Remaining: 0, Reset: 500 * time.Millisecond, RetryAfter: 300 * time.Millisecond,
+	}, d, "Redis's answer for a drained bucket")
+	err = ratelimit.For(l, "k").Do(bg, func(context.Context) error { return nil })
+	require.NoError(t, err, "the fallback's bucket is still full")
+
+	d, err = l.Allow(bg, "k", 2)
+	require.NoError(t, err)
+	require.False(t, d.Allowed, "the fallback decides costs within its burst")
+	require.Equal(t, 2, d.Limit)
+	require.Equal(t, time.Second, d.RetryAfter)
+
+	_, err = l.Allow(bg, "k", 6)
+	require.ErrorIs(t, err, ratelimit.ErrCostExceedsLimit, "above Redis's burst no retry can help")
+
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_ratelimit_decisions_total Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).
+# TYPE bulwark_ratelimit_decisions_total counter
+bulwark_ratelimit_decisions_total{decision="allowed",name="down"} 0
+bulwark_ratelimit_decisions_total{decision="denied",name="down"} 0
+bulwark_ratelimit_decisions_total{decision="error",name="down"} 3
+bulwark_ratelimit_decisions_total{decision="allowed",name="fallback"} 1
+bulwark_ratelimit_decisions_total{decision="denied",name="fallback"} 1
+bulwark_ratelimit_decisions_total{decision="error",name="fallback"} 0
+`), "bulwark_ratelimit_decisions_total"))
 }
 
 // proxy forwards TCP connections to a Redis server; closing it is Redis
