@@ -54,9 +54,12 @@ func newClient(opts []Option) *client {
 // the breaker ([WithBreaker], [WithBreakers]) before it reaches the network.
 //
 // Retries: an attempt is retried when its code is retryable
-// ([WithRetryableCodes]; Unavailable and ResourceExhausted by default) or the
-// policy's per-attempt timeout ended it, and the policy allows (attempts,
-// budget, deadline). The wait is the server's grpc-retry-pushback-ms trailer,
+// ([WithRetryableCodes]; Unavailable and ResourceExhausted by default), when
+// the policy's per-attempt timeout ended it, or when a call with an
+// idempotency key is told that the first call with that key still runs
+// (Aborted with a grpc-retry-pushback-ms trailer, as [WithIdempotency]
+// answers; often the retry of an attempt that timed out), and the policy
+// allows (attempts, budget, deadline). The wait is the server's grpc-retry-pushback-ms trailer,
 // else its RetryInfo detail, else the policy's backoff. Attempts after the
 // first carry grpc-previous-rpc-attempts. With [WithIdempotencyKeys] every
 // attempt carries the same idempotency-key.
@@ -123,7 +126,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 			l.Decide(nil)
 			break
 		}
-		verdict := c.classify(ctx, actx, err, hint)
+		verdict := c.classify(ctx, actx, err, hint, st.inFlight(ctx, err))
 		cancel()
 		if !l.Decide(verdict) {
 			break
@@ -141,10 +144,12 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 
 // classify returns the error the retry policy decides on: err with the
 // server's hint, or err marked permanent when it must not be retried.
-func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hint) error {
+// inFlight says that err is a server's in-flight answer to the call's
+// idempotency key ([callState.inFlight]), which is retried whatever the codes.
+func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hint, inFlight bool) error {
 	code := codeOf(err)
 	switch {
-	case c.retryable.has(code):
+	case c.retryable.has(code), inFlight:
 	case code == codes.DeadlineExceeded && attemptTimedOut(ctx, actx):
 		// The policy's per-attempt timeout ended the attempt; the call goes on.
 		return err
@@ -236,6 +241,19 @@ func (st *callState) hint(err error) *bulwark.Hint {
 		return &h
 	}
 	return nil
+}
+
+// inFlight reports whether err is a server's "the first call with this
+// idempotency key still runs; ask again later", as [WithIdempotency] answers
+// it: Aborted with a grpc-retry-pushback-ms trailer, to a call that carries
+// an idempotency key. It is not a result, and the retry, after the pushback,
+// gets the first call's stored one. (A replayed result carries no pushback.)
+func (st *callState) inFlight(ctx context.Context, err error) bool {
+	if codeOf(err) != codes.Aborted || len(st.trailer[PushbackKey]) == 0 {
+		return false
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	return len(md[IdempotencyKeyHeader]) > 0
 }
 
 // throttle waits for, or asks, the limiter.

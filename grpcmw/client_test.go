@@ -255,6 +255,118 @@ func TestClientRetryWithIdempotencyKeyAppliesOnce(t *testing.T) {
 	}
 }
 
+// TestClientRetriesInFlightAborted: a call whose first attempt timed out
+// while the server still ran it gets, on its retry, the server's in-flight
+// Aborted. The client waits the pushback and retries again, and gets the
+// first call's stored result: the server's ledger changed once.
+func TestClientRetriesInFlightAborted(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			entered, release, stored := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			var releaseOnce, storedOnce sync.Once
+			free := func() { releaseOnce.Do(func() { close(release) }) }
+			svc := &service{unary: func(_ context.Context, n int, _ *testpb.SimpleRequest) error {
+				if n == 1 {
+					close(entered)
+					<-release // outlives the client's first attempt
+				}
+				return nil
+			}}
+			g := idempotency.New("inflight", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+			// The first result returned through the Guard is the first
+			// call's, once stored: the replay comes only after it.
+			signal := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+				resp, err := handler(ctx, req)
+				if err == nil {
+					storedOnce.Do(func() { close(stored) })
+				}
+				return resp, err
+			}
+			clk := clock.NewFake(time.Time{})
+			type retried struct {
+				err   error
+				delay time.Duration
+			}
+			retries := make(chan retried, 3)
+			p := newRetry(clk, retry.WithAttemptTimeout(50*time.Millisecond),
+				retry.WithOnRetry(func(_ int, err error, d time.Duration) { retries <- retried{err, d} }))
+			c, _ := serve(t, tr, svc,
+				[]grpc.ServerOption{grpc.ChainUnaryInterceptor(signal, grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g)))},
+				clientOpts(grpcmw.WithRetry(p), grpcmw.WithIdempotencyKeys())...)
+			t.Cleanup(free) // before the server stops, which waits for the handler
+
+			var attempts int
+			done := goCall(c, context.Background(), "transfer 10", grpcmw.ReportAttempts(&attempts))
+			<-entered
+			r1 := <-retries
+			requireCode(t, codes.DeadlineExceeded, r1.err)
+			clk.WaitForTimers(1)
+			clk.Advance(time.Second) // the backoff after the timed-out attempt
+			select {
+			case r2 := <-retries:
+				requireCode(t, codes.Aborted, r2.err)
+				require.Equal(t, idempotency.InFlightPoll, r2.delay, "the server's pushback")
+			case r := <-done:
+				t.Fatalf("the in-flight answer was not retried: the call ended with %v", r.err)
+			}
+			free()
+			<-stored
+			clk.WaitForTimers(1)
+			clk.Advance(idempotency.InFlightPoll)
+			r := <-done
+			require.NoError(t, r.err)
+			require.Equal(t, "transfer 10", string(r.resp.GetPayload().GetBody()))
+			require.Equal(t, 3, attempts)
+			require.Equal(t, 1, svc.Calls(), "the other attempts were answered by the Guard")
+			require.Equal(t, 1, svc.Ledger())
+		})
+	}
+}
+
+// TestClientInFlightAbortedNeedsKeyAndPushback: only Aborted with a pushback
+// trailer, to a call with an idempotency key, is the in-flight answer.
+func TestClientInFlightAbortedNeedsKeyAndPushback(t *testing.T) {
+	tests := []struct {
+		name     string
+		pushback bool
+		key      bool
+		retried  bool
+	}{
+		{"key and pushback", true, true, true},
+		{"no pushback", false, true, false},
+		{"no key", true, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clock.NewFake(time.Time{})
+			svc := &service{unary: func(ctx context.Context, n int, _ *testpb.SimpleRequest) error {
+				if n > 1 {
+					return nil
+				}
+				if tc.pushback {
+					_ = grpc.SetTrailer(ctx, metadata.Pairs(grpcmw.PushbackKey, "1000"))
+				}
+				return status.Error(codes.Aborted, "in flight")
+			}}
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+			var opts []grpc.CallOption
+			if tc.key {
+				opts = append(opts, grpcmw.WithIdempotencyKey("k"))
+			}
+			done := goCall(c, context.Background(), "a", opts...)
+			if tc.retried {
+				clk.WaitForTimers(1)
+				clk.Advance(time.Second)
+				require.NoError(t, (<-done).err)
+				require.Equal(t, 2, svc.Calls())
+				return
+			}
+			requireCode(t, codes.Aborted, (<-done).err)
+			require.Equal(t, 1, svc.Calls())
+		})
+	}
+}
+
 func TestClientBreaker(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr, func(t *testing.T) {

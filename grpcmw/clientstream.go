@@ -174,7 +174,7 @@ func (rs *retryStream) again(err error, trailer metadata.MD) error {
 	if h, ok := serverHint(st, trailer); ok {
 		hint = &h
 	}
-	verdict := rs.c.classify(rs.ctx, rs.ctx, err, hint)
+	verdict := rs.c.classify(rs.ctx, rs.ctx, err, hint, false)
 	if !rs.loop.Decide(verdict) {
 		rs.fail(err)
 		return err
