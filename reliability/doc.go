@@ -87,8 +87,8 @@
 //
 // TestExactlyOnceLedger, with Redis and again with PostgreSQL as the shared
 // store: eight clients make 25 logical requests each through one
-// httpmw.Transport (retries with an Idempotency-Key per logical request, 409
-// and 5xx retryable, no budget) whose base sends each attempt to the next of
+// httpmw.Transport (retries with an Idempotency-Key per logical request, the
+// in-flight 409 and 5xx retryable, no budget) whose base sends each attempt to the next of
 // two replicas — httptest servers with their own Guard and
 // httpmw.Idempotency, keys scoped per client — over a fresh connection
 // through a toxiproxy that resets 10% of connections before the request

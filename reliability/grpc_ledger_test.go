@@ -142,9 +142,9 @@ func TestGRPCExactlyOnceLedger(t *testing.T) {
 			for _, px := range proxies {
 				picker.conns = append(picker.conns, dialGRPC(t, px.Addr()))
 			}
-			// Aborted (in flight elsewhere) is retried too: the key carries
-			// the call. Its pushback, the lease left, is capped so that a
-			// call that finishes at once elsewhere is replayed soon.
+			// The in-flight Aborted is retried by default: the key carries
+			// the call. Its pushback (a second) is capped so that a call
+			// that finishes at once elsewhere is replayed soon.
 			policy := retry.New("grpc-ledger", retry.WithMaxAttempts(200), retry.WithBudget(nil),
 				retry.WithMaxHintWait(50*time.Millisecond),
 				retry.WithBackOff(func() backoff.BackOff {
@@ -154,8 +154,7 @@ func TestGRPCExactlyOnceLedger(t *testing.T) {
 			// The front connection is never dialled: the picker sends every
 			// attempt on a replica connection.
 			front := dialGRPC(t, "passthrough:///replicas.invalid", grpc.WithChainUnaryInterceptor(
-				grpcmw.UnaryClientInterceptor(grpcmw.WithRetry(policy), grpcmw.WithIdempotencyKeys(),
-					grpcmw.WithRetryableCodes(codes.Unavailable, codes.ResourceExhausted, codes.Aborted)),
+				grpcmw.UnaryClientInterceptor(grpcmw.WithRetry(policy), grpcmw.WithIdempotencyKeys()),
 				picker.intercept))
 			client := testpb.NewTestServiceClient(front)
 			run := strconv.FormatInt(time.Now().UnixNano(), 10)

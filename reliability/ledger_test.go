@@ -109,9 +109,8 @@ func TestExactlyOnceLedger(t *testing.T) {
 			base := &replicas{next: inner, hosts: hosts}
 			policy := retry.New("ledger", retry.WithMaxAttempts(10), retry.WithBudget(nil),
 				retry.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }))
-			client := &http.Client{Transport: httpmw.NewTransport(base, httpmw.WithRetry(policy),
-				httpmw.WithRetryableStatus(http.StatusConflict, http.StatusTooManyRequests, http.StatusBadGateway,
-					http.StatusServiceUnavailable, http.StatusGatewayTimeout))}
+			// The transport's defaults retry 429, 502-504 and the in-flight 409.
+			client := &http.Client{Transport: httpmw.NewTransport(base, httpmw.WithRetry(policy))}
 			run := fmt.Sprintf("%d", time.Now().UnixNano())
 
 			type result struct {
