@@ -328,7 +328,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !retryable {
 		return t.trAttempt(req, nil, req.Body, nil)
 	}
-	keyed := addKey || trHasKey(req.Header)
 
 	body := req.Body
 	var replay func() (io.ReadCloser, error)
@@ -365,7 +364,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		switch {
 		case err != nil:
 			aerr = t.trClassify(err)
-		case t.status.has(resp.StatusCode), keyed && trInFlight(resp):
+		case t.status.has(resp.StatusCode), trInFlight(resp) && (addKey || trHasKey(req.Header)):
 			aerr = t.trStatusError(resp)
 		default:
 			l.Decide(nil)
