@@ -1,7 +1,6 @@
 package grpcmw
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,8 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-
-	"github.com/bulwark-go/bulwark/retry"
 )
 
 // A capture is lent to one call at a time: under many goroutines no two
@@ -42,33 +39,6 @@ func TestCapturesLendEachToOneCallAtATime(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	for i := range cs.slots {
-		require.False(t, cs.slots[i].busy.Load(), "slot %d still lent", i)
-	}
-}
-
-// Calls beyond the table's size get captures from the pool; each one is
-// its own, and the table's slots are lent again once given back.
-func TestCapturesBeyondTheTable(t *testing.T) {
-	cs := newCaptures()
-	held := map[*callState]bool{}
-	var fromTable int
-	for range 3 * numCaptures {
-		st := cs.get()
-		require.False(t, held[st], "lent twice")
-		held[st] = true
-		if st.slotBusy != nil {
-			fromTable++
-		}
-	}
-	require.Positive(t, fromTable)
-	require.LessOrEqual(t, fromTable, numCaptures)
-	for st := range held {
-		cs.put(st)
-	}
-	st := cs.get()
-	require.NotNil(t, st.slotBusy, "a free slot near the first tried is lent before the pool")
-	cs.put(st)
 }
 
 // put forgets the call's trailer and options, so the next call neither
@@ -90,24 +60,6 @@ func TestCapturesPutForgetsTheCall(t *testing.T) {
 	require.Equal(t, unsafe.Pointer(&st.trailer), unsafe.Pointer(to.TrailerAddr))
 }
 
-// An invoker that panics does not take a slot of the table with it.
-func TestCapturesGivenBackWhenTheInvokerPanics(t *testing.T) {
-	c := newClient([]Option{WithRetry(retry.New("panics"))})
-	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
-		panic("boom")
-	}
-	for range 2 * numCaptures {
-		require.Panics(t, func() { _ = c.unary(context.Background(), "/s/m", nil, nil, nil, invoker) })
-	}
-	for i := range c.captures.slots {
-		require.False(t, c.captures.slots[i].busy.Load(), "slot %d lost to a panic", i)
-	}
-}
-
-func TestCaptureSlotIsOneCacheLine(t *testing.T) {
-	require.EqualValues(t, 64, unsafe.Sizeof(captureSlot{}))
-}
-
 // An interceptor nearer the network may append to the options it is given;
 // that must not write into the capture's own array, which outlives the call.
 func TestCapturesKeepNoOptionAppendedDownstream(t *testing.T) {
@@ -117,6 +69,25 @@ func TestCapturesKeepNoOptionAppendedDownstream(t *testing.T) {
 	_ = append(st.with(nil), extra)
 	cs.put(st)
 	for _, o := range st.opts[:cap(st.opts)] {
-		require.NotEqual(t, extra, o, "an option appended downstream is kept by the table")
+		require.NotEqual(t, extra, o, "an option appended downstream is kept by the capture")
 	}
+}
+
+// BenchmarkCaptures: lending and taking back a trailer capture, the price
+// of reading the pushback trailer on every retried call.
+func BenchmarkCaptures(b *testing.B) {
+	cs := newCaptures()
+	b.ReportAllocs()
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			cs.put(cs.get())
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				cs.put(cs.get())
+			}
+		})
+	})
 }

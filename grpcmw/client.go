@@ -105,8 +105,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 		return err
 	}
 	// One trailer capture serves every attempt of the call.
-	st := c.captures.get()
-	defer c.captures.put(st) // on a panic too: a table slot must not be lost
+	st := c.captures.get() // not given back if the invoker panics: the GC takes it
 	var l retry.Loop
 	c.retry.BeginIn(ctx, &l, co.maxAttempts)
 	var err error
@@ -136,6 +135,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 			break
 		}
 	}
+	c.captures.put(st)
 	if co.attempts != nil {
 		*co.attempts = l.Attempt()
 	}
