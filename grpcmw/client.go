@@ -57,7 +57,7 @@ func newClient(opts []Option) *client {
 // ([WithRetryableCodes]; Unavailable and ResourceExhausted by default), when
 // the policy's per-attempt timeout ended it, or when a call with an
 // idempotency key is told that the first call with that key still runs
-// (Aborted with a grpc-retry-pushback-ms trailer, as [WithIdempotency]
+// (Aborted marked with the ErrorInfo of [InFlightReason], as [WithIdempotency]
 // answers; often the retry of an attempt that timed out), and the policy
 // allows (attempts, budget, deadline). The wait is the server's grpc-retry-pushback-ms trailer,
 // else its RetryInfo detail, else the policy's backoff. Attempts after the
@@ -125,7 +125,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 			l.Decide(nil)
 			break
 		}
-		verdict := c.classify(ctx, actx, err, hint, st.inFlight(ctx, err))
+		verdict := c.classify(ctx, actx, err, hint, inFlight(ctx, err))
 		cancel()
 		if !l.Decide(verdict) {
 			break
@@ -145,7 +145,7 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 // classify returns the error the retry policy decides on: err with the
 // server's hint, or err marked permanent when it must not be retried.
 // inFlight says that err is a server's in-flight answer to the call's
-// idempotency key ([callState.inFlight]), which is retried whatever the codes.
+// idempotency key ([inFlight]), which is retried whatever the codes.
 func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hint, inFlight bool) error {
 	code := codeOf(err)
 	switch {
@@ -244,12 +244,13 @@ func (st *callState) hint(err error) *bulwark.Hint {
 }
 
 // inFlight reports whether err is a server's "the first call with this
-// idempotency key still runs; ask again later", as [WithIdempotency] answers
-// it: Aborted with a grpc-retry-pushback-ms trailer, to a call that carries
-// an idempotency key. It is not a result, and the retry, after the pushback,
-// gets the first call's stored one. (A replayed result carries no pushback.)
-func (st *callState) inFlight(ctx context.Context, err error) bool {
-	if codeOf(err) != codes.Aborted || len(st.trailer[PushbackKey]) == 0 {
+// idempotency key still runs; ask again later" to a call that carries an
+// idempotency key: Aborted marked as [WithIdempotency] marks it
+// ([InFlightReason]). It is not a result, and the retry, after the server's
+// hint, gets the first call's stored one. An Aborted of the handler's own
+// carries no such mark and is not retried (unless Aborted is made retryable).
+func inFlight(ctx context.Context, err error) bool {
+	if !isInFlight(err) {
 		return false
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)

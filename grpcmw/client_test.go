@@ -323,18 +323,18 @@ func TestClientRetriesInFlightAborted(t *testing.T) {
 	}
 }
 
-// TestClientInFlightAbortedNeedsKeyAndPushback: only Aborted with a pushback
-// trailer, to a call with an idempotency key, is the in-flight answer.
-func TestClientInFlightAbortedNeedsKeyAndPushback(t *testing.T) {
+// TestClientInFlightAbortedNeedsKeyAndMark: only an Aborted marked as the
+// in-flight answer, to a call with an idempotency key, is retried.
+func TestClientInFlightAbortedNeedsKeyAndMark(t *testing.T) {
 	tests := []struct {
-		name     string
-		pushback bool
-		key      bool
-		retried  bool
+		name    string
+		marked  bool
+		key     bool
+		retried bool
 	}{
-		{"key and pushback", true, true, true},
-		{"no pushback", false, true, false},
-		{"no key", true, false, false},
+		{"marked, with a key", true, true, true},
+		{"marked, no key", true, false, false},
+		{"not marked, with a key", false, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -343,10 +343,12 @@ func TestClientInFlightAbortedNeedsKeyAndPushback(t *testing.T) {
 				if n > 1 {
 					return nil
 				}
-				if tc.pushback {
-					_ = grpc.SetTrailer(ctx, metadata.Pairs(grpcmw.PushbackKey, "1000"))
+				_ = grpc.SetTrailer(ctx, metadata.Pairs(grpcmw.PushbackKey, "1000"))
+				st := status.New(codes.Aborted, "in flight")
+				if tc.marked {
+					st, _ = st.WithDetails(&errdetails.ErrorInfo{Reason: grpcmw.InFlightReason, Domain: grpcmw.ErrorDomain})
 				}
-				return status.Error(codes.Aborted, "in flight")
+				return st.Err()
 			}}
 			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
 			var opts []grpc.CallOption
@@ -724,4 +726,46 @@ func TestHugePushbackIsTheLongestWait(t *testing.T) {
 			require.Equal(t, 1, calls, "past the deadline: no retry")
 		})
 	}
+}
+
+// TestClientHandlerAbortedIsNotRetried: a handler behind WithIdempotency
+// that itself ends a keyed call with Aborted and a pushback trailer (its
+// transaction aborted after a side effect; Aborted is released, not stored)
+// gives the caller that Aborted: the client's retryable codes leave Aborted
+// out, and grpc-go's own retry honours pushback only for retryable codes.
+// Today the client takes it for the Guard's in-flight answer (same code,
+// same trailer), retries it, and the handler runs a second time.
+func TestClientHandlerAbortedIsNotRetried(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	var mu sync.Mutex
+	effects := 0
+	svc := &service{unary: func(ctx context.Context, n int, _ *testpb.SimpleRequest) error {
+		mu.Lock()
+		effects++ // e.g. a message sent before the transaction aborted
+		mu.Unlock()
+		if n == 1 {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(grpcmw.PushbackKey, "1000"))
+			return status.Error(codes.Aborted, "transaction aborted")
+		}
+		return nil
+	}}
+	g := idempotency.New("handler-aborted", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	retries := make(chan struct{}, 3)
+	p := newRetry(clk, retry.WithOnRetry(func(int, error, time.Duration) { retries <- struct{}{} }))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g)),
+		clientOpts(grpcmw.WithRetry(p), grpcmw.WithIdempotencyKeys())...)
+	done := goCall(c, context.Background(), "a")
+	select {
+	case r := <-done:
+		requireCode(t, codes.Aborted, r.err)
+	case <-retries:
+		clk.WaitForTimers(1)
+		clk.Advance(time.Second)
+		r := <-done
+		t.Fatalf("the handler's own Aborted was retried: the call ended with %v after %d handler runs", r.err, svc.Calls())
+	}
+	require.Equal(t, 1, svc.Calls())
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, 1, effects)
 }

@@ -304,9 +304,12 @@ var rememberCodes = setOf(codes.OK, codes.InvalidArgument, codes.NotFound, codes
 
 // WithRetry retries failed attempts under p. Client.
 //
-// An attempt is retried when it fails with a retryable code ([WithRetryableCodes])
-// or when the policy's per-attempt timeout ([retry.WithAttemptTimeout]) ended
-// it while the caller's context is still live; any other error is passed to
+// An attempt is retried when it fails with a retryable code ([WithRetryableCodes]),
+// when the policy's per-attempt timeout ([retry.WithAttemptTimeout]) ended
+// it while the caller's context is still live, or, for a unary call with an
+// idempotency key, when the server says that the first call with that key
+// still runs (the Aborted that [WithIdempotency] marks with [InFlightReason]);
+// any other error is passed to
 // the policy marked with [bulwark.Permanent], so a policy built with
 // [retry.WithClassifier] must compose with [retry.Retryable] to keep that
 // rule. A server's grpc-retry-pushback-ms trailer, or else a RetryInfo detail,
@@ -319,7 +322,9 @@ func WithRetry(p *retry.Policy) Option {
 // WithRetryableCodes sets the codes a client retries. The default is
 // Unavailable and ResourceExhausted: the codes a server answers without having
 // acted on the request. Add others (Aborted, DeadlineExceeded) only for
-// methods that are idempotent or carry an idempotency key. Client.
+// methods that are idempotent or carry an idempotency key. The in-flight
+// answer of [WithIdempotency] is retried whatever the codes: it is not a
+// result (see [WithRetry]). Client.
 func WithRetryableCodes(cs ...codes.Code) Option {
 	return func(c *config) { c.retryable = setOf(cs...) }
 }

@@ -36,7 +36,8 @@ type server struct {
 //	limiter error         Unavailable
 //	bulkhead full         ResourceExhausted (or Unavailable, WithBulkheadCode)  RetryInfo, pushback
 //	breaker open          Unavailable        RetryInfo, pushback (time until a probe)
-//	idempotency in flight Aborted            RetryInfo, pushback (idempotency.InFlightPoll, 1 s, or the lease left if less)
+//	idempotency in flight Aborted            RetryInfo, pushback (idempotency.InFlightPoll, 1 s, or the lease left if less),
+//	                                         ErrorInfo InFlightReason in ErrorDomain
 //	key reused, other req FailedPrecondition
 //	key missing/malformed InvalidArgument    (missing only when the Guard requires keys)
 //	idempotency store     Unavailable        (when the Guard fails closed)

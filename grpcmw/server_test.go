@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -298,7 +299,8 @@ func TestServerIdempotency(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, header.Get(grpcmw.ReplayedHeader))
 
-			// In flight: Aborted, asking the client back in a second.
+			// In flight: Aborted, marked as such, asking the client back in
+			// a second.
 			errc := make(chan error, 1)
 			go func() {
 				_, _, err := call("k4", "slow")
@@ -311,6 +313,15 @@ func TestServerIdempotency(t *testing.T) {
 			requireCode(t, codes.Aborted, err)
 			require.Equal(t, idempotency.InFlightPoll, retryInfo(t, err))
 			require.Equal(t, []string{"1000"}, trailer.Get(grpcmw.PushbackKey))
+			var mark *errdetails.ErrorInfo
+			for _, d := range status.Convert(err).Details() {
+				if ei, ok := d.(*errdetails.ErrorInfo); ok {
+					mark = ei
+				}
+			}
+			require.NotNil(t, mark, "the in-flight mark")
+			require.Equal(t, grpcmw.InFlightReason, mark.GetReason())
+			require.Equal(t, grpcmw.ErrorDomain, mark.GetDomain())
 			close(release)
 			require.NoError(t, <-errc)
 		})

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/ratelimit"
 )
 
@@ -26,6 +27,16 @@ const PushbackKey = "grpc-retry-pushback-ms"
 // IdempotencyKeyHeader is the metadata field that carries a call's
 // idempotency key.
 const IdempotencyKeyHeader = "idempotency-key"
+
+// The google.rpc.ErrorInfo that marks the in-flight answer of
+// [WithIdempotency] (Aborted: the first call with this key still runs), so
+// that a client can tell it from an Aborted of the handler's own. The
+// client interceptor retries a call with an idempotency key only on this
+// mark, never on the code alone.
+const (
+	ErrorDomain    = "bulwark-go.github.io"
+	InFlightReason = "IDEMPOTENCY_IN_FLIGHT"
+)
 
 // ReplayedHeader is the response header metadata field, set to "true", that
 // marks a result replayed from the idempotency store.
@@ -44,6 +55,9 @@ func rejection(code codes.Code, err error, quota *ratelimit.Decision) (*status.S
 	var details []protoadapt.MessageV1
 	if h.RetryAfter > 0 {
 		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(h.RetryAfter)})
+	}
+	if errors.Is(err, idempotency.ErrInFlight) {
+		details = append(details, &errdetails.ErrorInfo{Reason: InFlightReason, Domain: ErrorDomain})
 	}
 	if quota != nil {
 		details = append(details, &errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{
@@ -134,4 +148,19 @@ func codeOf(err error) codes.Code {
 		return codes.DeadlineExceeded
 	}
 	return status.Code(err)
+}
+
+// isInFlight reports whether err carries the in-flight mark of
+// [WithIdempotency]: Aborted with the ErrorInfo of [InFlightReason].
+func isInFlight(err error) bool {
+	if codeOf(err) != codes.Aborted {
+		return false
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetReason() == InFlightReason && ei.GetDomain() == ErrorDomain {
+			return true
+		}
+	}
+	return false
 }

@@ -1231,3 +1231,48 @@ func TestTransportInFlightConflictNeedsAKey(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportHandlerConflictIsTheAnswer: a handler behind Idempotency that
+// itself answers 409 Conflict with a Retry-After ("the account is locked,
+// come back in 5 s") gives the caller its result. The transport cannot tell
+// it from the middleware's in-flight 409 (same status, same header, no
+// Idempotent-Replayed), so today it waits the 5 s and sends the request
+// again, and the caller gets the stored copy instead: the handler's own
+// headers (X-Conflict, Retry-After) are not replayed.
+func TestTransportHandlerConflictIsTheAnswer(t *testing.T) {
+	t.Parallel()
+	var runs atomic.Int32
+	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		runs.Add(1)
+		w.Header().Set("X-Conflict", "account-locked")
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusConflict)
+		_, _ = io.WriteString(w, "locked")
+	})
+	g := idempotency.New("httpmw_transport_handler_conflict", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	srv := httptest.NewServer(Idempotency(g, WithoutScope())(handler))
+	t.Cleanup(srv.Close)
+
+	clk := clock.NewFake(time.Time{})
+	retrying := make(chan struct{}, 3)
+	c := &http.Client{Transport: NewTransport(srv.Client().Transport,
+		WithRetry(trPolicy(clk, 3, nil, retry.WithOnRetry(func(int, error, time.Duration) { retrying <- struct{}{} }))))}
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("pay 10"))
+	done := trStart(c, req)
+	var res trResult
+	select {
+	case res = <-done:
+	case <-retrying:
+		clk.WaitForTimers(1)
+		clk.Advance(5 * time.Second)
+		res = <-done
+		require.NoError(t, res.err)
+		t.Fatalf("the handler's own 409 was retried after its Retry-After: the caller got %d %q, Idempotent-Replayed=%q, X-Conflict=%q",
+			res.resp.StatusCode, res.body, res.resp.Header.Get("Idempotent-Replayed"), res.resp.Header.Get("X-Conflict"))
+	}
+	require.NoError(t, res.err)
+	require.Equal(t, http.StatusConflict, res.resp.StatusCode)
+	require.Equal(t, "account-locked", res.resp.Header.Get("X-Conflict"))
+	require.Empty(t, res.resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, int32(1), runs.Load())
+}
