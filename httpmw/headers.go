@@ -12,6 +12,7 @@ const (
 	srvHeaderRateLimit       = "Ratelimit"
 	srvHeaderRateLimitPolicy = "Ratelimit-Policy"
 	srvHeaderReplayed        = "Idempotent-Replayed"
+	srvHeaderInFlight        = "Idempotent-In-Flight"
 	srvHeaderIdempotencyKey  = "Idempotency-Key"
 )
 

@@ -34,7 +34,8 @@ const (
 	// TypeIdempotencyKeyInvalid: 400, the Idempotency-Key is malformed.
 	TypeIdempotencyKeyInvalid = ProblemBase + "idempotency-key-invalid"
 	// TypeIdempotencyInFlight: 409, a request with the same key is still
-	// running; Retry-After says when its lease ends.
+	// running; Retry-After says when to ask again, and the response is
+	// marked Idempotent-In-Flight: true.
 	TypeIdempotencyInFlight = ProblemBase + "idempotency-in-flight"
 	// TypeIdempotencyKeyReused: 422, the key was first used for a different
 	// request (another body, method or route).

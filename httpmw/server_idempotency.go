@@ -36,7 +36,7 @@ var srvNeverReplay = []string{
 	"Www-Authenticate", "Proxy-Authenticate", "Authentication-Info",
 	"Proxy-Authentication-Info", "Content-Length", "Transfer-Encoding",
 	"Connection", "Keep-Alive", "Upgrade", "Trailer", "Te", "Date",
-	srvHeaderReplayed,
+	srvHeaderReplayed, srvHeaderInFlight,
 }
 
 // srvSensitive reports whether a canonical header name must never be
@@ -151,7 +151,8 @@ func WithFingerprintHeaders(names ...string) Option {
 //
 //	first request           handler runs; its response is stored
 //	repeat after completion stored status, headers and body, plus Idempotent-Replayed: true
-//	repeat while running    409 Conflict, Retry-After: 1 (idempotency.InFlightPoll), TypeIdempotencyInFlight
+//	repeat while running    409 Conflict, Retry-After: 1 (idempotency.InFlightPoll),
+//	                        Idempotent-In-Flight: true, TypeIdempotencyInFlight
 //	key used for another
 //	  request               422 Unprocessable Content, TypeIdempotencyKeyReused
 //	key missing (when g
@@ -383,6 +384,9 @@ func (m *srvIdempotency) srvBeginError(w http.ResponseWriter, r *http.Request, e
 		p.Type, p.Status, p.Title = TypeIdempotencyInFlight, http.StatusConflict, "Request in progress"
 		p.Detail = "A request with this idempotency key is still being processed; retry after the time given in Retry-After."
 		p.RetryAfter = srvRetryAfter(err)
+		// The mark a client goes by, whatever the error writer: a 409 of
+		// the handler's own is its answer, this one is not (see Transport).
+		w.Header().Set(srvHeaderInFlight, "true")
 	case errors.Is(err, idempotency.ErrMismatch):
 		p.Type, p.Status, p.Title = TypeIdempotencyKeyReused, http.StatusUnprocessableEntity, "Idempotency key reused"
 		p.Detail = "This idempotency key was used for a different request."

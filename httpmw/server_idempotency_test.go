@@ -135,6 +135,7 @@ func TestIdempotencyConcurrentRepeatIs409(t *testing.T) {
 	resp, body := srvDo(t, c, http.MethodPost, url, "x", srvKeyHeader("k"))
 	srvRequireProblem(t, resp, body, http.StatusConflict, TypeIdempotencyInFlight, "idempotency:")
 	require.Equal(t, "1", resp.Header.Get("Retry-After"), "ask again in a second, not when the 20 s lease ends")
+	require.Equal(t, "true", resp.Header.Get("Idempotent-In-Flight"), "the mark a client retries on")
 	close(release)
 	require.Equal(t, http.StatusOK, <-first)
 	require.Equal(t, int32(1), runs.Load())

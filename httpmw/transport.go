@@ -95,8 +95,8 @@ type TransportOption func(*Transport)
 // breaker refused it, or when the response status is retryable (429, 502,
 // 503, 504 by default; [WithRetryableStatus]), or when a request with an
 // idempotency key is told that the first request with that key still runs
-// (409 Conflict with Retry-After, not a replay: see [Idempotency]), which a
-// retry after a timed-out attempt often is. A retryable status becomes a
+// (409 Conflict marked Idempotent-In-Flight: true, as [Idempotency] answers),
+// which a retry after a timed-out attempt often is. A retryable status becomes a
 // [*StatusError] for the retry policy, carrying the response's Retry-After
 // (both forms, see [ParseRetryAfter]) as a [bulwark.Hint], so that the next
 // wait is what the server asked for. A hint longer than [WithMaxRetryAfter]
@@ -501,13 +501,13 @@ func trHasKey(h http.Header) bool {
 	return len(h[IdempotencyKeyHeader]) > 0 || len(h["X-Idempotency-Key"]) > 0
 }
 
-// trInFlight reports whether resp is a server's "the first request with this
-// key still runs; ask again later": 409 Conflict with a Retry-After, and not
-// a stored response replayed (which a retry would only get again). The
-// Idempotency middleware answers so, as the IETF Idempotency-Key draft says.
+// trInFlight reports whether resp is the [Idempotency] middleware's "the
+// first request with this key still runs; ask again later": 409 Conflict
+// marked Idempotent-In-Flight: true, and not a stored response replayed. A
+// 409 of the handler's own is its answer and carries no such mark.
 func trInFlight(resp *http.Response) bool {
 	return resp.StatusCode == http.StatusConflict &&
-		len(resp.Header["Retry-After"]) > 0 &&
+		resp.Header.Get(srvHeaderInFlight) == "true" &&
 		len(resp.Header[srvHeaderReplayed]) == 0
 }
 

@@ -1136,7 +1136,13 @@ func TestTransportRetriesInFlightConflict(t *testing.T) {
 		_, _ = io.WriteString(w, "charged")
 	})
 	g := idempotency.New("httpmw_transport_inflight", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
-	guarded := Idempotency(g, WithoutScope())(effect)
+	// An error writer of the user's own, which writes no problem document:
+	// the in-flight mark is a header the middleware sets whatever the writer.
+	plain := WithErrorWriter(func(w http.ResponseWriter, _ *http.Request, p Problem) {
+		w.WriteHeader(p.Status)
+		_, _ = io.WriteString(w, p.Title)
+	})
+	guarded := Idempotency(g, WithoutScope(), plain)(effect)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		guarded.ServeHTTP(w, r)
 		if w.Header().Get("X-Ran") != "" { // the run that stored its response is over
@@ -1186,10 +1192,12 @@ func TestTransportRetriesInFlightConflict(t *testing.T) {
 	require.Equal(t, http.StatusConflict, se.StatusCode)
 }
 
-// TestTransportInFlightConflictNeedsAKey: only a 409 with Retry-After to a
-// request with an idempotency key, and not a replay, is the in-flight answer.
-func TestTransportInFlightConflictNeedsAKey(t *testing.T) {
+// TestTransportInFlightConflictNeedsKeyAndMark: only a 409 marked
+// Idempotent-In-Flight, to a request with an idempotency key, and not a
+// replay, is the in-flight answer.
+func TestTransportInFlightConflictNeedsKeyAndMark(t *testing.T) {
 	t.Parallel()
+	inFlight := trStatus(409, "", "Retry-After", "1", "Idempotent-In-Flight", "true")
 	tests := []struct {
 		name    string
 		method  string
@@ -1198,12 +1206,14 @@ func TestTransportInFlightConflictNeedsAKey(t *testing.T) {
 		opts    []TransportOption
 		retried bool
 	}{
-		{"keyed", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"), nil, true},
-		{"keyed, retryable statuses replaced", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"),
+		{"keyed", http.MethodPost, `"k"`, inFlight, nil, true},
+		{"X-Idempotency-Key", http.MethodPost, "", inFlight, []TransportOption{WithIdempotencyKeys(nil)}, true},
+		{"keyed, retryable statuses replaced", http.MethodPost, `"k"`, inFlight,
 			[]TransportOption{WithRetryableStatus()}, true},
-		{"no Retry-After", http.MethodPost, `"k"`, trStatus(409, ""), nil, false},
-		{"a replay", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1", "Idempotent-Replayed", "true"), nil, false},
-		{"no key", http.MethodGet, "", trStatus(409, "", "Retry-After", "1"), nil, false},
+		{"not marked", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"), nil, false},
+		{"a replay", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1", "Idempotent-In-Flight", "true",
+			"Idempotent-Replayed", "true"), nil, false},
+		{"no key", http.MethodGet, "", inFlight, nil, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1214,6 +1224,9 @@ func TestTransportInFlightConflictNeedsAKey(t *testing.T) {
 			req, _ := http.NewRequest(tt.method, u.srv.URL, nil)
 			if tt.key != "" {
 				req.Header.Set(IdempotencyKeyHeader, tt.key)
+			}
+			if tt.name == "X-Idempotency-Key" {
+				req.Header.Set("X-Idempotency-Key", "k")
 			}
 			done := trStart(c, req)
 			if tt.retried {

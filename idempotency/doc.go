@@ -26,7 +26,8 @@
 //	ResultNew          nil                       run the handler, then Lease.Finish  same
 //	ResultReplayed     nil                       stored response,                    stored response,
 //	                                             plus Idempotent-Replayed: true      plus metadata idempotent-replayed: true
-//	ResultInFlight     *InFlightError            409 Conflict + Retry-After          Aborted + RetryInfo, retry pushback
+//	ResultInFlight     *InFlightError            409 Conflict + Retry-After,         Aborted + RetryInfo, pushback,
+//	                                             marked Idempotent-In-Flight: true   marked with an ErrorInfo
 //	ResultMismatch     ErrMismatch               422 Unprocessable Content           FailedPrecondition
 //	ResultMissingKey   ErrMissingKey (required)  400 Bad Request                     InvalidArgument
 //	                   nil (not required)        run the handler unprotected         same

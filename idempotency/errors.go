@@ -50,8 +50,8 @@ var (
 // most requests finish in well under a second. A client that waited out the
 // lease would wait for nothing, and one that caps its waits (an HTTP
 // transport's longest Retry-After, say) would give up instead of picking up
-// the stored result a moment later. One second is also the smallest wait an
-// HTTP Retry-After can express.
+// the stored result a moment later. One second is also the shortest wait
+// but zero that an HTTP Retry-After can express.
 const InFlightPoll = time.Second
 
 // InFlightError is the error Begin returns when another request holds the

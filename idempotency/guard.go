@@ -205,7 +205,9 @@ type Outcome struct {
 	// Response is the stored result (ResultReplayed only); read-only.
 	Response Response
 	// RetryAfter is the time left on the other request's lease
-	// (ResultInFlight only).
+	// (ResultInFlight only). Adapters tell the client the hint of the
+	// returned error instead ([InFlightError.RetryHint]), at most
+	// InFlightPoll.
 	RetryAfter time.Duration
 	// Err is the store failure that was tolerated when failing open.
 	Err error

@@ -87,9 +87,9 @@
 //
 // TestExactlyOnceLedger, with Redis and again with PostgreSQL as the shared
 // store: eight clients make 25 logical requests each through one
-// httpmw.Transport (retries with an Idempotency-Key per logical request, the
-// in-flight 409 and 5xx retryable, no budget) whose base sends each attempt to the next of
-// two replicas — httptest servers with their own Guard and
+// httpmw.Transport (retries with an Idempotency-Key per logical request,
+// its default retryable answers, no budget) whose base sends each attempt to
+// the next of two replicas — httptest servers with their own Guard and
 // httpmw.Idempotency, keys scoped per client — over a fresh connection
 // through a toxiproxy that resets 10% of connections before the request
 // arrives, 10% after the handler ran, and cuts 5% after 64 bytes of the
@@ -112,8 +112,8 @@
 //
 // TestGRPCExactlyOnceLedger, with Redis and again with PostgreSQL: six
 // clients make 20 logical unary calls each through grpcmw's client retry
-// with WithIdempotencyKeys (Unavailable, ResourceExhausted and Aborted
-// retried, no budget, hint waits capped at 50ms). A picker interceptor sends
+// with WithIdempotencyKeys (Unavailable, ResourceExhausted and the in-flight
+// Aborted retried, no budget, hint waits capped at 50ms). A picker interceptor sends
 // each attempt to the next of two replicas, starting on alternate ones per
 // call; each replica is a grpc.Server with grpcmw's WithIdempotency over a
 // Guard (lease 1s) on the shared store, behind its own proxy whose
