@@ -59,8 +59,9 @@ func newClient(opts []Option) *client {
 // idempotency key is told that the first call with that key still runs
 // (Aborted marked with the ErrorInfo of [InFlightReason], as [WithIdempotency]
 // answers; often the retry of an attempt that timed out), and the policy
-// allows (attempts, budget, deadline). The wait is the server's grpc-retry-pushback-ms trailer,
-// else its RetryInfo detail, else the policy's backoff. Attempts after the
+// allows (attempts, budget, deadline). The wait is the server's
+// grpc-retry-pushback-ms trailer, else its RetryInfo detail, else the
+// policy's backoff. Attempts after the
 // first carry grpc-previous-rpc-attempts. With [WithIdempotencyKeys] every
 // attempt carries the same idempotency-key.
 //

@@ -96,10 +96,10 @@ type TransportOption func(*Transport)
 // 503, 504 by default; [WithRetryableStatus]), or when a request with an
 // idempotency key is told that the first request with that key still runs
 // (409 Conflict marked Idempotent-In-Flight: true, as [Idempotency] answers),
-// which a retry after a timed-out attempt often is. A retryable status becomes a
-// [*StatusError] for the retry policy, carrying the response's Retry-After
-// (both forms, see [ParseRetryAfter]) as a [bulwark.Hint], so that the next
-// wait is what the server asked for. A hint longer than [WithMaxRetryAfter]
+// which a retry after a timed-out attempt often is. A retryable status
+// becomes a [*StatusError] for the retry policy, carrying the response's
+// Retry-After (both forms, see [ParseRetryAfter]) as a [bulwark.Hint], so
+// that the next wait is what the server asked for. A hint longer than [WithMaxRetryAfter]
 // — from Retry-After or from an open breaker — stops retrying at once rather
 // than waiting less than asked (which would fail again) or more than the
 // caller accepts. The retry policy decides everything else: attempts,
