@@ -96,8 +96,10 @@ func BenchmarkGRPCServer(b *testing.B) {
 
 // GRPCClient: a unary client interceptor around an invoker that succeeds at
 // once: retry (3 attempts) + breaker for bulwark and failsafe-go, retry
-// alone for go-grpc-middleware, which has no breaker. bulwark-retry does
-// go-grpc-middleware's work: retry alone, 3 attempts, metrics on.
+// alone for go-grpc-middleware, which has no breaker. bulwark-retry is
+// retry alone with 3 attempts, as go-grpc-middleware's, and does two things
+// that one does not: it reads the server's pushback trailer, and it counts
+// the call for its metrics.
 // Reference: go-grpc-middleware-retry.
 
 func BenchmarkGRPCClient(b *testing.B) {
