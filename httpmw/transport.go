@@ -272,7 +272,7 @@ func WithRetryableStatus(codes ...int) TransportOption {
 // open breaker admits a probe. A longer hint ends retrying at once (the
 // response, or the breaker's error, goes to the caller). The default is
 // DefaultMaxRetryAfter; zero or less removes this cap, leaving the retry
-// policy's own (retry.WithMaxHintWait, which shortens the wait instead).
+// policy's own (retry.WithMaxHintWait, which stops retrying likewise).
 func WithMaxRetryAfter(d time.Duration) TransportOption {
 	return func(t *Transport) { t.maxRetryAfter = d }
 }

@@ -219,12 +219,11 @@ func TestTransportScriptedUpstream(t *testing.T) {
 			wantStatus: 200, wantBody: "ok", wantCalls: 2,
 		},
 		{
-			name:       "503 with Retry-After capped by the retry policy",
-			steps:      []trStep{trStatus(503, "", "Retry-After", "8"), trStatus(200, "ok")},
+			name:       "503 with Retry-After beyond the retry policy's longest hint wait",
+			steps:      []trStep{trStatus(503, "later", "Retry-After", "8"), trStatus(200, "ok")},
 			attempts:   3,
-			opts:       nil,
-			waits:      []time.Duration{5 * time.Second}, // retry.WithMaxHintWait(5s) below
-			wantStatus: 200, wantBody: "ok", wantCalls: 2,
+			opts:       nil, // retry.WithMaxHintWait(5s) below
+			wantStatus: 503, wantBody: "later", wantCalls: 1,
 		},
 		{
 			name:       "connection reset then 200",
@@ -254,12 +253,11 @@ func TestTransportScriptedUpstream(t *testing.T) {
 			wantStatus: 503, wantBody: "come back tomorrow", wantCalls: 1,
 		},
 		{
-			name:       "WithMaxRetryAfter(0) leaves the cap to the retry policy, which shortens the wait",
-			steps:      []trStep{trStatus(503, "", "Retry-After", "86400"), trStatus(200, "ok")},
+			name:       "WithMaxRetryAfter(0) leaves the limit to the retry policy, which stops likewise",
+			steps:      []trStep{trStatus(503, "tomorrow", "Retry-After", "86400"), trStatus(200, "ok")},
 			attempts:   3,
 			opts:       []TransportOption{WithMaxRetryAfter(0)},
-			waits:      []time.Duration{5 * time.Second},
-			wantStatus: 200, wantBody: "ok", wantCalls: 2,
+			wantStatus: 503, wantBody: "tomorrow", wantCalls: 1,
 		},
 		{
 			name:       "Retry-After date beyond the cap is not waited for",

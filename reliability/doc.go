@@ -113,8 +113,8 @@
 // TestGRPCExactlyOnceLedger, with Redis and again with PostgreSQL: six
 // clients make 20 logical unary calls each through grpcmw's client retry
 // with WithIdempotencyKeys (Unavailable, ResourceExhausted and the in-flight
-// Aborted retried, no budget, hint waits capped at 50ms). A picker interceptor sends
-// each attempt to the next of two replicas, starting on alternate ones per
+// Aborted retried, no budget, hints waited in full). A picker interceptor
+// sends each attempt to the next of two replicas, starting on alternate ones per
 // call; each replica is a grpc.Server with grpcmw's WithIdempotency over a
 // Guard (lease 1s) on the shared store, behind its own proxy whose
 // connections are all cut after 1 KiB of responses. An interceptor outside

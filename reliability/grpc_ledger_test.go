@@ -143,10 +143,8 @@ func TestGRPCExactlyOnceLedger(t *testing.T) {
 				picker.conns = append(picker.conns, dialGRPC(t, px.Addr()))
 			}
 			// The in-flight Aborted is retried by default: the key carries
-			// the call. Its pushback (a second) is capped so that a call
-			// that finishes at once elsewhere is replayed soon.
+			// the call, and the retry waits its pushback (a second at most).
 			policy := retry.New("grpc-ledger", retry.WithMaxAttempts(200), retry.WithBudget(nil),
-				retry.WithMaxHintWait(50*time.Millisecond),
 				retry.WithBackOff(func() backoff.BackOff {
 					return backoff.NewExponentialBackOff(backoff.WithInitialInterval(5*time.Millisecond),
 						backoff.WithMaxInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0))

@@ -18,9 +18,10 @@
 // always ends the call at once; a per-attempt timeout ([WithAttemptTimeout])
 // does not. When a failed attempt's error carries a
 // [github.com/bulwark-go/bulwark.Hint] with RetryAfter, the next wait is the
-// hint (capped by [WithMaxHintWait]) instead of the schedule's delay, and when
-// a wait would end past the caller's deadline or the elapsed cap the policy
-// stops at once instead of sleeping into the deadline.
+// hint instead of the schedule's delay; when the hint asks for more than
+// [WithMaxHintWait] (10 s by default), or a wait would end past the caller's
+// deadline or the elapsed cap, the policy stops at once instead of retrying
+// too early or sleeping into the deadline.
 //
 // Metrics, registered with [WithRegisterer] and labelled with the policy's
 // name: bulwark_retry_attempts_total, bulwark_retry_calls_total{result} with

@@ -16,8 +16,9 @@ const (
 	// returned backoff.Stop (exhausted).
 	Exhausted
 	// OutOfTime: the next wait would have ended at or after the context's
-	// deadline, or after the elapsed cap, so the policy stopped without
-	// waiting (exhausted).
+	// deadline, or after the elapsed cap, or a hint asked for a longer wait
+	// than WithMaxHintWait allows, so the policy stopped without waiting
+	// (exhausted).
 	OutOfTime
 	// BudgetExhausted: the retry budget refused the retry (budget_exhausted).
 	BudgetExhausted

@@ -172,10 +172,13 @@ func (l *Loop) Decide(err error) bool {
 		return l.stop(Exhausted)
 	}
 	if h, ok := bulwark.HintOf(err); ok && h.RetryAfter > 0 {
-		delay = h.RetryAfter
-		if p.maxHintWait > 0 {
-			delay = min(delay, p.maxHintWait)
+		if p.maxHintWait > 0 && h.RetryAfter > p.maxHintWait {
+			// Waiting less than asked would be refused again (an open
+			// breaker refuses for certain), and more is more than the
+			// caller accepts: the call fails now.
+			return l.stop(OutOfTime)
 		}
+		delay = h.RetryAfter
 	}
 	delay = max(delay, 0)
 	end := now.Add(delay)

@@ -22,8 +22,8 @@ const (
 	DefaultMaxAttempts = 3
 	// DefaultMaxElapsed caps the time spent retrying; see [WithMaxElapsed].
 	DefaultMaxElapsed = 30 * time.Second
-	// DefaultMaxHintWait caps the wait a server hint can ask for; see
-	// [WithMaxHintWait].
+	// DefaultMaxHintWait is the longest wait a hint can ask for before
+	// retrying stops instead; see [WithMaxHintWait].
 	DefaultMaxHintWait = 10 * time.Second
 )
 
@@ -34,10 +34,11 @@ const (
 // Algorithm, for each call: run an attempt; on success return nil. On failure
 // stop with an [*Error] when the caller's context has ended, when the error is
 // not retryable (see [Retryable]), when the attempts are used up, when the
-// schedule says [backoff.Stop], when the budget refuses the retry, or when the
-// next wait would end at or after the context's deadline or after the elapsed
-// cap. Otherwise wait (the schedule's delay, or the error's
-// [bulwark.Hint].RetryAfter capped by [WithMaxHintWait]) and try again.
+// schedule says [backoff.Stop], when the budget refuses the retry, when the
+// error's [bulwark.Hint] asks for a longer wait than [WithMaxHintWait] allows,
+// or when the next wait would end at or after the context's deadline or after
+// the elapsed cap. Otherwise wait (the schedule's delay, or the hint's
+// RetryAfter) and try again.
 //
 // A Policy is safe for concurrent use; every call gets its own schedule,
 // created only when its first attempt fails. The zero Policy is not usable:
@@ -139,11 +140,14 @@ func WithAttemptTimeout(d time.Duration) Option {
 	return func(c *config) { c.attemptTimeout = max(d, 0) }
 }
 
-// WithMaxHintWait caps the wait a server hint can impose: when the failed
-// attempt's error carries a [bulwark.Hint] with RetryAfter > 0, the next wait is
-// min(RetryAfter, d) instead of the schedule's delay. Zero or less removes the
-// cap. The default is [DefaultMaxHintWait]. Hints with NoRetry always stop
-// retrying.
+// WithMaxHintWait sets the longest wait a hint can ask for. When the failed
+// attempt's error carries a [bulwark.Hint] with RetryAfter > 0, the next wait
+// is RetryAfter instead of the schedule's delay, if RetryAfter ≤ d; a longer
+// hint stops retrying at once with reason OutOfTime. Waiting less than asked
+// would mostly be refused again — an open breaker's hint is the time until it
+// admits a probe, and it refuses every call before — and waiting more is
+// more than the caller accepts. Zero or less removes the limit. The default
+// is [DefaultMaxHintWait]. Hints with NoRetry always stop retrying.
 func WithMaxHintWait(d time.Duration) Option {
 	return func(c *config) { c.maxHintWait = max(d, 0) }
 }

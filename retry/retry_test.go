@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bulwark-go/bulwark"
+	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/internal/clock"
 )
 
@@ -263,33 +264,62 @@ func TestHintReplacesSchedule(t *testing.T) {
 	require.Equal(t, []time.Duration{5 * time.Second}, delays)
 }
 
-func TestHintIsCapped(t *testing.T) {
+// A hint longer than WithMaxHintWait stops retrying at once: a shorter wait
+// would be refused again (an open breaker refuses until its probe time).
+// A hint within it is waited in full.
+func TestHintBeyondMaxHintWaitStops(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cap  time.Duration
-		want time.Duration
+		name   string
+		max    time.Duration // < 0: the default
+		hint   time.Duration
+		waited bool
 	}{
-		{"default cap", -1, DefaultMaxHintWait},
-		{"custom cap", 3 * time.Second, 3 * time.Second},
-		{"no cap", 0, 20 * time.Second},
+		{"default, hint beyond", -1, DefaultMaxHintWait + time.Millisecond, false},
+		{"default, hint at it", -1, DefaultMaxHintWait, true},
+		{"custom, hint beyond", 3 * time.Second, 20 * time.Second, false},
+		{"none", 0, 20 * time.Second, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clock.NewFake(time.Time{})
-			var delay time.Duration
-			opts := []Option{WithClock(clk), WithMaxElapsed(0), WithOnRetry(func(_ int, _ error, d time.Duration) { delay = d })}
-			if tc.cap >= 0 {
-				opts = append(opts, WithMaxHintWait(tc.cap))
+			var delays []time.Duration
+			opts := []Option{WithClock(clk), WithMaxElapsed(0), WithOnRetry(func(_ int, _ error, d time.Duration) { delays = append(delays, d) })}
+			if tc.max >= 0 {
+				opts = append(opts, WithMaxHintWait(tc.max))
 			}
 			p := New("t", opts...)
-			fn, _ := failing(1, bulwark.WithHint(errBoom, bulwark.Hint{RetryAfter: 20 * time.Second}))
+			fn, calls := failing(1, bulwark.WithHint(errBoom, bulwark.Hint{RetryAfter: tc.hint}))
+			if !tc.waited {
+				err := p.Do(context.Background(), fn) // returns without anyone advancing the clock
+				requireRetryError(t, err, 1, OutOfTime)
+				require.EqualValues(t, 1, calls.Load())
+				require.Zero(t, clk.Created(), "no wait started")
+				return
+			}
 			done := make(chan error)
 			go func() { done <- p.Do(context.Background(), fn) }()
 			clk.WaitForTimers(1)
-			clk.Advance(tc.want)
+			clk.Advance(tc.hint - 1)
+			require.Equal(t, 1, clk.Pending(), "the hint is waited in full")
+			clk.Advance(1)
 			require.NoError(t, <-done)
-			require.Equal(t, tc.want, delay)
+			require.Equal(t, []time.Duration{tc.hint}, delays)
 		})
 	}
+}
+
+// An open breaker in a chain under retry: the time until its probe is past
+// WithMaxHintWait, so the call fails fast instead of waiting to be refused.
+func TestOpenBreakerBeyondMaxHintWaitFailsFast(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	b := breaker.New("open", breaker.WithClock(clk), breaker.WithConsecutiveFailures(1),
+		breaker.WithOpenDuration(30*time.Second), breaker.WithJitter(0))
+	_ = b.Do(context.Background(), func(context.Context) error { return errBoom })
+	require.Equal(t, breaker.Open, b.State())
+	p := New("t", WithClock(clk))
+	err := bulwark.Chain(p, b).Do(context.Background(), func(context.Context) error { return nil })
+	require.ErrorIs(t, err, breaker.ErrOpen)
+	requireRetryError(t, err, 1, OutOfTime)
+	require.Zero(t, clk.Created(), "no wait started")
 }
 
 func TestWaitPastDeadlineOrElapsedCapStopsAtOnce(t *testing.T) {
