@@ -224,7 +224,7 @@ func TestClientRetryWithIdempotencyKeyAppliesOnce(t *testing.T) {
 			g := idempotency.New("ledger", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
 			svc := &service{}
 			l := &lossy{}
-			c, _ := serve(t, tr, svc, serverOpts(grpcmw.WithIdempotency(g)),
+			c, _ := serve(t, tr, svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()),
 				grpc.WithChainUnaryInterceptor(
 					grpcmw.UnaryClientInterceptor(grpcmw.WithRetry(newRetry(clk)), grpcmw.WithIdempotencyKeys()),
 					l.intercept))
@@ -291,7 +291,7 @@ func TestClientRetriesInFlightAborted(t *testing.T) {
 			p := newRetry(clk, retry.WithAttemptTimeout(50*time.Millisecond),
 				retry.WithOnRetry(func(_ int, err error, d time.Duration) { retries <- retried{err, d} }))
 			c, _ := serve(t, tr, svc,
-				[]grpc.ServerOption{grpc.ChainUnaryInterceptor(signal, grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g)))},
+				[]grpc.ServerOption{grpc.ChainUnaryInterceptor(signal, grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))},
 				clientOpts(grpcmw.WithRetry(p), grpcmw.WithIdempotencyKeys())...)
 			t.Cleanup(free) // before the server stops, which waits for the handler
 
@@ -746,7 +746,7 @@ func TestClientHandlerAbortedIsNotRetried(t *testing.T) {
 	g := idempotency.New("handler-aborted", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
 	retries := make(chan struct{}, 3)
 	p := newRetry(clk, retry.WithOnRetry(func(int, error, time.Duration) { retries <- struct{}{} }))
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g)),
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()),
 		clientOpts(grpcmw.WithRetry(p), grpcmw.WithIdempotencyKeys())...)
 	done := goCall(c, context.Background(), "a")
 	select {

@@ -19,6 +19,7 @@
 //			grpcmw.WithBulkhead(bh),
 //			grpcmw.WithBreaker(br),
 //			grpcmw.WithIdempotency(guard),
+//			grpcmw.WithIdempotencyScope(callerID), // whose key it is
 //		)),
 //		grpc.ChainStreamInterceptor(grpcmw.StreamServerInterceptor(...)),
 //	)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
@@ -31,7 +32,16 @@ func ExampleUnaryServerInterceptor() {
 	srv := grpc.NewServer(
 		// One interceptor with every option: chaining one per primitive
 		// costs grpc-go a closure per interceptor per call.
-		grpc.ChainUnaryInterceptor(grpcmw.UnaryServerInterceptor(append(opts, grpcmw.WithIdempotency(guard))...)),
+		grpc.ChainUnaryInterceptor(grpcmw.UnaryServerInterceptor(append(opts,
+			grpcmw.WithIdempotency(guard),
+			// A key belongs to the API key that sent it: no client can
+			// replay another's result.
+			grpcmw.WithIdempotencyScope(func(ctx context.Context) string {
+				if v := metadata.ValueFromIncomingContext(ctx, "x-api-key"); len(v) > 0 {
+					return v[0]
+				}
+				return ""
+			}))...)),
 		grpc.ChainStreamInterceptor(grpcmw.StreamServerInterceptor(opts...)),
 	)
 	testpb.RegisterTestServiceServer(srv, &service{})

@@ -30,6 +30,7 @@ type config struct {
 	limitKey     KeyFunc
 	guard        *idempotency.Guard
 	scope        func(ctx context.Context) string
+	scopeWaived  bool
 	remember     func(codes.Code) bool
 	maxStored    int
 	retry        *retry.Policy
@@ -249,19 +250,28 @@ func WithRateLimit(l ratelimit.Limiter, key KeyFunc) Option {
 
 // WithIdempotency runs unary calls that carry an idempotency-key metadata
 // field under g: the first call with a key runs, a repeat gets the stored
-// result, marked by the response header idempotent-replayed: true. Server,
-// unary only. See [UnaryServerInterceptor] for the status codes.
+// result, marked by the response header idempotent-replayed: true. It
+// requires [WithIdempotencyScope] or [WithoutIdempotencyScope]: the server
+// interceptors panic without either. Server, unary only. See
+// [UnaryServerInterceptor] for the status codes.
 func WithIdempotency(g *idempotency.Guard) Option {
 	return func(c *config) { c.guard = g }
 }
 
 // WithIdempotencyScope sets the function that names the principal a call's
 // idempotency key belongs to (an authenticated client id), so that one
-// client can never replay another's result. The default is one shared scope:
-// use it only when keys are unguessable (random UUIDs) or all clients are
-// one principal. Server.
+// client can never replay another's result. [WithIdempotency] requires it
+// or [WithoutIdempotencyScope]. Server.
 func WithIdempotencyScope(scope func(ctx context.Context) string) Option {
-	return func(c *config) { c.scope = scope }
+	return func(c *config) { c.scope, c.scopeWaived = scope, false }
+}
+
+// WithoutIdempotencyScope waives [WithIdempotencyScope]: all callers share
+// one key space, so a caller who learns or guesses another's key gets that
+// caller's result. Use it only when the service has a single principal or
+// keys are unguessable and private. Server.
+func WithoutIdempotencyScope() Option {
+	return func(c *config) { c.scope, c.scopeWaived = nil, true }
 }
 
 // WithMaxStoredResponse bounds the result [WithIdempotency] stores for

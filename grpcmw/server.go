@@ -49,8 +49,7 @@ type server struct {
 // client cancelled is not counted, and a handler that panics counts as a
 // failure, releases its bulkhead slot and idempotency key, and panics on.
 func UnaryServerInterceptor(opts ...Option) grpc.UnaryServerInterceptor {
-	s := &server{config: newConfig(opts)}
-	return s.unary
+	return newServer(opts).unary
 }
 
 // StreamServerInterceptor returns a stream server interceptor that applies the
@@ -59,8 +58,19 @@ func UnaryServerInterceptor(opts ...Option) grpc.UnaryServerInterceptor {
 // when the handler returns. [WithIdempotency] does not apply to streams and is
 // ignored.
 func StreamServerInterceptor(opts ...Option) grpc.StreamServerInterceptor {
+	return newServer(opts).stream
+}
+
+// newServer builds the configuration of the server interceptors. It panics
+// when WithIdempotency comes without a decision on scope: a shared key space
+// by default would let one client replay another's result.
+func newServer(opts []Option) *server {
 	s := &server{config: newConfig(opts)}
-	return s.stream
+	if s.guard != nil && s.scope == nil && !s.scopeWaived {
+		panic("grpcmw: WithIdempotency needs WithIdempotencyScope(func) naming the principal a key belongs to, " +
+			"or WithoutIdempotencyScope() to let all callers share one key space")
+	}
+	return s
 }
 
 func (s *server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {

@@ -248,7 +248,7 @@ func TestServerIdempotency(t *testing.T) {
 				return nil
 			}}
 			g := idempotency.New("idem", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
-			c, _ := serve(t, tr, svc, serverOpts(grpcmw.WithIdempotency(g)))
+			c, _ := serve(t, tr, svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))
 			call := func(key, body string) (*testpb.SimpleResponse, metadata.MD, error) {
 				ctx := context.Background()
 				if key != "" {
@@ -331,7 +331,7 @@ func TestServerIdempotency(t *testing.T) {
 func TestServerIdempotencyRequired(t *testing.T) {
 	g := idempotency.New("req", nil, idempotency.WithRequired(true))
 	svc := &service{}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g)))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))
 	_, err := c.UnaryCall(context.Background(), payload("a"))
 	requireCode(t, codes.InvalidArgument, err)
 	require.Equal(t, 0, svc.Calls())
@@ -400,7 +400,7 @@ func TestIdempotencyStoreOutageDoesNotOpenServiceBreaker(t *testing.T) {
 	br := breaker.New("store-outage", breaker.WithConsecutiveFailures(2))
 	g := idempotency.New("store-outage", downStore{})
 	svc := &service{}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g)))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))
 
 	keyed := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "k1")
 	for range 2 {
@@ -431,7 +431,7 @@ func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
 		}
 		return nil
 	}}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g)))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithBreaker(br), grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))
 	keyed := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "k1")
 	_, err := c.UnaryCall(keyed, payload("a")) // stored
 	require.NoError(t, err)
@@ -453,7 +453,7 @@ func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
 func TestIdempotencyResultOverTheBoundIsReleased(t *testing.T) {
 	g := idempotency.New("over-bound", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
 	svc := &service{}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithMaxStoredResponse(1<<10)))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope(), grpcmw.WithMaxStoredResponse(1<<10)))
 	ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "big-1")
 	for range 2 {
 		resp, err := c.UnaryCall(ctx, payload(strings.Repeat("b", 2<<10))) // echoed: a 2 KiB response
@@ -469,7 +469,7 @@ func TestIdempotencyResultOverTheBoundIsReleased(t *testing.T) {
 func TestIdempotencyLargeResultIsReplayed(t *testing.T) {
 	g := idempotency.New("large", nil) // the default MemoryStore
 	svc := &service{}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g)))
+	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()))
 	ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "large-1")
 	body := strings.Repeat("b", 3<<20) // echoed: a 3 MiB response
 	for range 2 {
@@ -478,4 +478,20 @@ func TestIdempotencyLargeResultIsReplayed(t *testing.T) {
 		require.Len(t, resp.GetPayload().GetBody(), len(body))
 	}
 	require.Equal(t, 1, svc.Ledger(), "the repeat is a replay")
+}
+
+// WithIdempotency without a decision on scope is a programming mistake: a
+// shared key space by default would let one client replay another's result.
+func TestServerIdempotencyNeedsAScopeDecision(t *testing.T) {
+	g := idempotency.New("scope-decision", nil)
+	require.PanicsWithValue(t, "grpcmw: WithIdempotency needs WithIdempotencyScope(func) naming the principal a key belongs to, "+
+		"or WithoutIdempotencyScope() to let all callers share one key space",
+		func() { grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g)) })
+	require.Panics(t, func() { grpcmw.StreamServerInterceptor(grpcmw.WithIdempotency(g)) })
+	require.Panics(t, func() { grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g), grpcmw.WithIdempotencyScope(nil)) })
+	require.NotPanics(t, func() { grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()) })
+	require.NotPanics(t, func() {
+		grpcmw.UnaryServerInterceptor(grpcmw.WithIdempotency(g), grpcmw.WithIdempotencyScope(func(context.Context) string { return "" }))
+	})
+	require.NotPanics(t, func() { grpcmw.UnaryServerInterceptor() }, "no idempotency: no scope needed")
 }
