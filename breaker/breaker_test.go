@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/bulwark-go/bulwark"
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )

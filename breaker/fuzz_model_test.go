@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 )
 
 // refBreaker is the reference model FuzzStateMachine checks a Breaker

@@ -8,7 +8,7 @@ import (
 	"time"
 	"weak"
 
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/internal/gctest"
 	"github.com/bulwark-go/bulwark/internal/metrics"
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"

@@ -6,7 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -188,7 +188,7 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(c *config) { c.reg = reg }
 }
 
-// WithClock sets the time source; tests use a fake one.
+// WithClock sets the time source; tests pass a [clock.Fake] and move it.
 func WithClock(clk clock.Clock) Option {
 	return func(c *config) { c.clock = clk }
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bulwark-go/bulwark"
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 )
 
 // Defaults of a Bulkhead built without options.
@@ -131,7 +131,7 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 }
 
 // WithClock sets the clock that times waits; the default is the real clock.
-// Tests pass a fake one.
+// Tests pass a [clock.Fake].
 func WithClock(c clock.Clock) Option {
 	return func(cfg *config) { cfg.clock = c }
 }

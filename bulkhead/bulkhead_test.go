@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bulwark-go/bulwark"
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

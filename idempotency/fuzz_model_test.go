@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/internal/clock"
 )
 
 // memRecord is what the model knows of one key. The store may forget a

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bulwark-go/bulwark"
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 )
 
 // Defaults of a Guard's options.
@@ -96,7 +96,7 @@ func RememberHTTP(status int) bool {
 func WithRegisterer(reg prometheus.Registerer) Option { return func(c *config) { c.reg = reg } }
 
 // WithClock sets the clock that times lease renewals and store latency
-// (default: the real clock). Tests pass a clock.Fake.
+// (default: the real clock). Tests pass a [clock.Fake].
 func WithClock(c clock.Clock) Option { return func(cfg *config) { cfg.clock = c } }
 
 // WithStoreTimeout bounds each store operation (default 1 s): a store that

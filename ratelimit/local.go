@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/ratelimit/internal/rlmetrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -45,7 +45,7 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(c *config) { c.reg = reg }
 }
 
-// WithClock sets the time source; tests pass a fake. The default is the
+// WithClock sets the time source; tests pass a [clock.Fake]. The default is the
 // system clock.
 func WithClock(clk clock.Clock) Option {
 	return func(c *config) { c.clk = clk }

@@ -12,11 +12,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/httpmw"
 	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/idempotency/pgstore"
 	"github.com/bulwark-go/bulwark/idempotency/redisstore"
-	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 )
 

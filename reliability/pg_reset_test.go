@@ -13,10 +13,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/httpmw"
 	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/idempotency/pgstore"
-	"github.com/bulwark-go/bulwark/internal/clock"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 )
 

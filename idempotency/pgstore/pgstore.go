@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/internal/clock"
 )
 
 // Migration is the SQL that creates the default table and its index

@@ -9,8 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/internal/clock"
 )
 
 // DefaultPrefix is the key prefix a Store uses unless WithPrefix says

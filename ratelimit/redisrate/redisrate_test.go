@@ -16,7 +16,7 @@ import (
 	"weak"
 
 	"github.com/bulwark-go/bulwark"
-	"github.com/bulwark-go/bulwark/internal/clock"
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/internal/gctest"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/bulwark-go/bulwark/ratelimit"

@@ -16,8 +16,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/idempotency"
-	"github.com/bulwark-go/bulwark/internal/clock"
 )
 
 // Backend describes the store under test.
