@@ -153,7 +153,7 @@ func progress(elapsed time.Duration, phase Phase, load *loadgen, retries, failed
 	if prot != nil {
 		state = prot.breaker.State().String()
 	}
-	return fmt.Sprintf("%5.1fs  %-9s requests %5d  ok %5.1f%%  retries %4d  breaker %-9s  failed fast %4d",
+	return fmt.Sprintf("%5.1fs  %-9s requests %5d  ok so far %5.1f%%  retries %4d  breaker %-9s  failed fast %4d",
 		elapsed.Seconds(), phase, sent, rate, retries.get(), state, failedFast.get())
 }
 
