@@ -9,8 +9,8 @@
 // consecutive failures, the breaker opens: every call is rejected at once with
 // an error that says how long until the breaker will try again. When the open
 // duration has passed the breaker is half-open: it admits a bounded number of
-// probe calls; enough successes close it, any failure opens it again, for a
-// longer time if it keeps tripping.
+// probe calls; enough successes close it, any failure opens it again (for
+// longer each time it trips again, with WithGrowingOpenDuration).
 //
 // Adapters use the two-phase API, which costs no allocation on the closed
 // path:

@@ -29,8 +29,10 @@ import (
 //
 // and N calls make at most (1 + ratio) × N + maxTokens/2 attempts in total,
 // however many attempts a policy allows. During a total outage S is zero: the
-// whole fleet-side amplification is the reserve of maxTokens/2 retries, after
-// which every call makes a single attempt until successes refill the bucket.
+// whole fleet-side amplification is the reserve, fewer than maxTokens/2
+// retries (4 of the default 10 tokens: a retry must leave more than half),
+// after which every call makes a single attempt until successes refill the
+// bucket.
 // In steady state retries keep flowing only while the failure rate stays below
 // about ratio/(1+ratio).
 //
