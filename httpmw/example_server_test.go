@@ -99,3 +99,40 @@ func ExampleKeyByIP() {
 	// 198.51.100.7
 	// 203.0.113.5
 }
+
+// A payment endpoint that charges once per Idempotency-Key: a retry gets the
+// stored response, marked as a replay, and the same key with another body is
+// refused.
+func ExampleIdempotency() {
+	guard := idempotency.New("payments", nil) // nil store: in memory
+	charges := 0
+	pay := httpmw.Idempotency(guard, httpmw.WithScope(func(r *http.Request) (string, error) {
+		return r.Header.Get("X-Account"), nil // the authenticated principal, in a real service
+	}))(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		charges++
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, "charge %d", charges)
+	}))
+
+	send := func(body string) {
+		req := httptest.NewRequest(http.MethodPost, "/payments", strings.NewReader(body))
+		req.Header.Set("X-Account", "acct-1")
+		req.Header.Set("Idempotency-Key", `"a1b2c3"`)
+		rec := httptest.NewRecorder()
+		pay.ServeHTTP(rec, req)
+		if rec.Code >= 400 {
+			fmt.Println(rec.Code, rec.Header().Get("Content-Type"))
+			return
+		}
+		fmt.Printf("%d %q replayed=%q\n", rec.Code, rec.Body.String(), rec.Header().Get("Idempotent-Replayed"))
+	}
+	send(`{"amount":10}`)
+	send(`{"amount":10}`) // the client retries: replayed
+	send(`{"amount":99}`) // same key, another request
+	fmt.Println("charges:", charges)
+	// Output:
+	// 201 "charge 1" replayed=""
+	// 201 "charge 1" replayed="true"
+	// 422 application/problem+json
+	// charges: 1
+}
