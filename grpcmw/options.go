@@ -314,17 +314,18 @@ var rememberCodes = setOf(codes.OK, codes.InvalidArgument, codes.NotFound, codes
 
 // WithRetry retries failed attempts under p. Client.
 //
-// An attempt is retried when it fails with a retryable code ([WithRetryableCodes]),
-// when the policy's per-attempt timeout ([retry.WithAttemptTimeout]) ended
-// it while the caller's context is still live, or, for a unary call with an
-// idempotency key, when the server says that the first call with that key
-// still runs (the Aborted that [WithIdempotency] marks with [InFlightReason]);
-// any other error is passed to
-// the policy marked with [bulwark.Permanent], so a policy built with
+// An attempt is retried when it fails with a retryable code
+// ([WithRetryableCodes]), when the policy's per-attempt timeout
+// ([retry.WithAttemptTimeout]) ended it while the caller's context is still
+// live, or, for a unary call with an idempotency key, when the server says
+// that the first call with that key still runs (the Aborted that
+// [WithIdempotency] marks with [InFlightReason]); any other error is passed
+// to the policy marked with [bulwark.Permanent], so a policy built with
 // [retry.WithClassifier] must compose with [retry.Retryable] to keep that
 // rule. A server's grpc-retry-pushback-ms trailer, or else a RetryInfo detail,
 // becomes the wait before the next attempt (a negative or malformed pushback
-// stops retrying, as gRFC A6 says).
+// stops retrying, as gRFC A6 says, and so does one longer than the policy's
+// retry.WithMaxHintWait).
 func WithRetry(p *retry.Policy) Option {
 	return func(c *config) { c.retry = p }
 }
