@@ -10,15 +10,15 @@ type Reason uint8
 // Reasons a call failed. Each maps to a result label of
 // bulwark_retry_calls_total, given in brackets.
 const (
-	// NotRetryable: the attempt's error is not retryable (not_retryable).
+	// NotRetryable: the attempt's error is not retryable, or its hint asks
+	// for a longer wait than WithMaxHintWait allows (not_retryable).
 	NotRetryable Reason = iota + 1
 	// Exhausted: the last allowed attempt failed, or the backoff schedule
 	// returned backoff.Stop (exhausted).
 	Exhausted
 	// OutOfTime: the next wait would have ended at or after the context's
-	// deadline, or after the elapsed cap, or a hint asked for a longer wait
-	// than WithMaxHintWait allows, so the policy stopped without waiting
-	// (exhausted).
+	// deadline, or after the elapsed cap, so the policy stopped without
+	// waiting (exhausted).
 	OutOfTime
 	// BudgetExhausted: the retry budget refused the retry (budget_exhausted).
 	BudgetExhausted

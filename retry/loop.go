@@ -153,6 +153,14 @@ func (l *Loop) Decide(err error) bool {
 	if !l.retryable(err) {
 		return l.stop(NotRetryable)
 	}
+	h, _ := bulwark.HintOf(err)
+	if p.maxHintWait > 0 && h.RetryAfter > p.maxHintWait {
+		// Waiting less than asked would be refused again (an open breaker
+		// refuses every call before its probe), and more is more than the
+		// caller accepts. Like a NoRetry hint, this ends the call before
+		// the budget is asked: no retry follows, so it takes no token.
+		return l.stop(NotRetryable)
+	}
 	allowed := p.budget.failure()
 	if l.attempt >= l.max {
 		return l.stop(Exhausted)
@@ -171,13 +179,7 @@ func (l *Loop) Decide(err error) bool {
 	if delay == backoff.Stop {
 		return l.stop(Exhausted)
 	}
-	if h, ok := bulwark.HintOf(err); ok && h.RetryAfter > 0 {
-		if p.maxHintWait > 0 && h.RetryAfter > p.maxHintWait {
-			// Waiting less than asked would be refused again (an open
-			// breaker refuses for certain), and more is more than the
-			// caller accepts: the call fails now.
-			return l.stop(OutOfTime)
-		}
+	if h.RetryAfter > 0 {
 		delay = h.RetryAfter
 	}
 	delay = max(delay, 0)

@@ -33,11 +33,11 @@ const (
 //
 // Algorithm, for each call: run an attempt; on success return nil. On failure
 // stop with an [*Error] when the caller's context has ended, when the error is
-// not retryable (see [Retryable]), when the attempts are used up, when the
-// schedule says [backoff.Stop], when the budget refuses the retry, when the
-// error's [bulwark.Hint] asks for a longer wait than [WithMaxHintWait] allows,
-// or when the next wait would end at or after the context's deadline or after
-// the elapsed cap. Otherwise wait (the schedule's delay, or the hint's
+// not retryable (see [Retryable]) or its [bulwark.Hint] asks for a longer
+// wait than [WithMaxHintWait] allows, when the attempts are used up, when the
+// schedule says [backoff.Stop], when the budget refuses the retry, or when
+// the next wait would end at or after the context's deadline or after the
+// elapsed cap. Otherwise wait (the schedule's delay, or the hint's
 // RetryAfter) and try again.
 //
 // A Policy is safe for concurrent use; every call gets its own schedule,
@@ -143,7 +143,8 @@ func WithAttemptTimeout(d time.Duration) Option {
 // WithMaxHintWait sets the longest wait a hint can ask for. When the failed
 // attempt's error carries a [bulwark.Hint] with RetryAfter > 0, the next wait
 // is RetryAfter instead of the schedule's delay, if RetryAfter ≤ d; a longer
-// hint stops retrying at once with reason OutOfTime. Waiting less than asked
+// hint stops retrying at once, as NotRetryable, without drawing on the
+// budget. Waiting less than asked
 // would mostly be refused again — an open breaker's hint is the time until it
 // admits a probe, and it refuses every call before — and waiting more is
 // more than the caller accepts. Zero or less removes the limit. The default

@@ -290,7 +290,7 @@ func TestHintBeyondMaxHintWaitStops(t *testing.T) {
 			fn, calls := failing(1, bulwark.WithHint(errBoom, bulwark.Hint{RetryAfter: tc.hint}))
 			if !tc.waited {
 				err := p.Do(context.Background(), fn) // returns without anyone advancing the clock
-				requireRetryError(t, err, 1, OutOfTime)
+				requireRetryError(t, err, 1, NotRetryable)
 				require.EqualValues(t, 1, calls.Load())
 				require.Zero(t, clk.Created(), "no wait started")
 				return
@@ -318,7 +318,7 @@ func TestOpenBreakerBeyondMaxHintWaitFailsFast(t *testing.T) {
 	p := New("t", WithClock(clk))
 	err := bulwark.Chain(p, b).Do(context.Background(), func(context.Context) error { return nil })
 	require.ErrorIs(t, err, breaker.ErrOpen)
-	requireRetryError(t, err, 1, OutOfTime)
+	requireRetryError(t, err, 1, NotRetryable)
 	require.Zero(t, clk.Created(), "no wait started")
 }
 
@@ -453,3 +453,31 @@ func TestConcurrentDoUnderRace(t *testing.T) {
 }
 
 func errPermanent() error { return bulwark.Permanent(errBoom) }
+
+// A hint beyond WithMaxHintWait stops the call as surely as a NoRetry hint,
+// and like it (and like httpmw's Transport) takes no token from the shared
+// budget: no retry follows. Otherwise every call an open breaker refused
+// would drain the fleet's budget although nothing reached the upstream, and
+// after recovery transient failures would not be retried until successes
+// refilled it.
+func TestHintBeyondMaxHintWaitTakesNoBudgetToken(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	b := breaker.New("open", breaker.WithClock(clk), breaker.WithConsecutiveFailures(1),
+		breaker.WithOpenDuration(30*time.Second), breaker.WithJitter(0))
+	_ = b.Do(context.Background(), func(context.Context) error { return errBoom })
+	require.Equal(t, breaker.Open, b.State())
+
+	budget := NewBudget(DefaultBudgetMaxTokens, DefaultBudgetRatio)
+	p := New("t", WithClock(clk), WithBudget(budget))
+	var reasons []Reason
+	for range 6 {
+		err := bulwark.Chain(p, b).Do(context.Background(), func(context.Context) error { return nil })
+		re, ok := errors.AsType[*Error](err)
+		require.True(t, ok)
+		require.Equal(t, 1, re.Attempts)
+		reasons = append(reasons, re.Reason)
+	}
+	require.Equal(t, float64(DefaultBudgetMaxTokens), budget.Tokens(),
+		"calls stopped by a hint beyond WithMaxHintWait drained the retry budget; reasons %v", reasons)
+	require.Equal(t, []Reason{NotRetryable, NotRetryable, NotRetryable, NotRetryable, NotRetryable, NotRetryable}, reasons)
+}
