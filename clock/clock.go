@@ -54,7 +54,8 @@ func OrReal(c Clock) Clock {
 
 // Fake is a clock that moves only when told to. Timers fire, in order of
 // their deadlines, when Advance or Set moves the time past them.
-// It is safe for concurrent use.
+// It is safe for concurrent use. The zero Fake reads the zero time;
+// [NewFake] starts at a readable one.
 type Fake struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -69,9 +70,16 @@ func NewFake(t time.Time) *Fake {
 	if t.IsZero() {
 		t = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
-	f := &Fake{now: t}
-	f.cond = sync.NewCond(&f.mu)
-	return f
+	return &Fake{now: t}
+}
+
+// condLocked returns the condition that WaitForTimers waits on, made on first
+// use so that the zero Fake works. f.mu is held.
+func (f *Fake) condLocked() *sync.Cond {
+	if f.cond == nil {
+		f.cond = sync.NewCond(&f.mu)
+	}
+	return f.cond
 }
 
 // Now returns the fake time.
@@ -96,15 +104,18 @@ func (f *Fake) NewTimer(d time.Duration) Timer {
 	} else {
 		f.timers = append(f.timers, t)
 	}
-	f.cond.Broadcast()
+	f.condLocked().Broadcast()
 	return t
 }
 
-// Advance moves the time forward by d and fires the timers it passes.
+// Advance moves the time forward by d and fires the timers it passes. A
+// negative d does nothing: the time never goes back.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.setLocked(f.now.Add(d))
+	if d > 0 {
+		f.setLocked(f.now.Add(d))
+	}
 }
 
 // Set moves the time to t (forward only) and fires the timers it passes.
@@ -129,7 +140,7 @@ func (f *Fake) setLocked(t time.Time) {
 	}
 	clear(f.timers[len(kept):])
 	f.timers = kept
-	f.cond.Broadcast()
+	f.condLocked().Broadcast()
 }
 
 // Pending returns the number of timers that have not fired or been stopped.
@@ -152,7 +163,7 @@ func (f *Fake) WaitForTimers(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for len(f.timers) < n {
-		f.cond.Wait()
+		f.condLocked().Wait()
 	}
 }
 
@@ -170,7 +181,7 @@ func (t *fakeTimer) Stop() bool {
 	for i, tm := range t.f.timers {
 		if tm == t {
 			t.f.timers = append(t.f.timers[:i], t.f.timers[i+1:]...)
-			t.f.cond.Broadcast()
+			t.f.condLocked().Broadcast()
 			return true
 		}
 	}

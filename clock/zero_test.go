@@ -9,11 +9,8 @@ import (
 	"github.com/bulwark-go/bulwark/clock"
 )
 
-// Fake is public now: a user who writes &clock.Fake{} (the zero value, as
-// with most Go types whose docs do not say otherwise) and hands it to a
-// bulkhead or a retry policy must not get a nil-pointer panic the first time
-// a timer is made or the clock is moved. Either the zero Fake works, or its
-// doc must say to use NewFake (and this test goes).
+// The zero Fake works, as a user who writes &clock.Fake{} expects: making a
+// timer and moving the clock do not need NewFake.
 func TestZeroFakeIsUsable(t *testing.T) {
 	var f clock.Fake
 	require.NotPanics(t, func() {
@@ -21,4 +18,7 @@ func TestZeroFakeIsUsable(t *testing.T) {
 		f.Advance(time.Second)
 		<-tm.C()
 	})
+	before := f.Now()
+	f.Advance(-time.Hour)
+	require.Equal(t, before, f.Now(), "the time never goes back")
 }
