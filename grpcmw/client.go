@@ -61,8 +61,8 @@ func newClient(opts []Option) *client {
 // answers; often the retry of an attempt that timed out), and the policy
 // allows (attempts, budget, deadline). The wait is the server's
 // grpc-retry-pushback-ms trailer, else its RetryInfo detail, else the
-// policy's backoff. Attempts after the
-// first carry grpc-previous-rpc-attempts. With [WithIdempotencyKeys] every
+// policy's backoff; a hint longer than the policy's retry.WithMaxHintWait
+// stops retrying. Attempts after the first carry grpc-previous-rpc-attempts. With [WithIdempotencyKeys] every
 // attempt carries the same idempotency-key.
 //
 // The error returned is the last attempt's status error, unchanged, or the

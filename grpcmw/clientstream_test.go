@@ -363,8 +363,8 @@ func TestReportAttemptsCountsARefusedAttempt(t *testing.T) {
 				}
 				done <- err
 			}()
-			clk.WaitForTimers(1)          // the wait before attempt 2 (capped breaker hint)
-			clk.Advance(10 * time.Second) // the default longest hint wait; the breaker stays open (30s)
+			clk.WaitForTimers(1)          // the wait before attempt 2: the schedule's 1 s
+			clk.Advance(10 * time.Second) // the breaker stays open (30 s)
 			err := <-done
 			require.Error(t, err)
 			require.Equal(t, 1, svc.Calls())

@@ -27,7 +27,9 @@ type server struct {
 // first, so that a refused call costs nothing further; the breaker counts only
 // calls that ran the handler, not those the idempotency Guard answered (a
 // replay, a refusal, its store failing); idempotency keys are claimed only by
-// calls that will run. Without options it calls the handler directly.
+// calls that will run. Without options it calls the handler directly. It
+// panics when [WithIdempotency] comes without [WithIdempotencyScope] or
+// [WithoutIdempotencyScope].
 //
 // Refusals, each set before any header is sent so that the response is
 // trailers-only:
@@ -56,7 +58,8 @@ func UnaryServerInterceptor(opts ...Option) grpc.UnaryServerInterceptor {
 // rate limit, the bulkhead and the breaker, as [UnaryServerInterceptor] does,
 // to each stream; the bulkhead slot is held and the breaker's outcome is known
 // when the handler returns. [WithIdempotency] does not apply to streams and is
-// ignored.
+// ignored, except that, as for [UnaryServerInterceptor], it needs a decision
+// on scope: the same options usually serve both.
 func StreamServerInterceptor(opts ...Option) grpc.StreamServerInterceptor {
 	return newServer(opts).stream
 }

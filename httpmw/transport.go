@@ -271,8 +271,9 @@ func WithRetryableStatus(codes ...int) TransportOption {
 // for: a Retry-After header of a retryable response, or the time until an
 // open breaker admits a probe. A longer hint ends retrying at once (the
 // response, or the breaker's error, goes to the caller). The default is
-// DefaultMaxRetryAfter; zero or less removes this cap, leaving the retry
-// policy's own (retry.WithMaxHintWait, which stops retrying likewise).
+// DefaultMaxRetryAfter; zero or less removes this limit. The retry policy's
+// own (retry.WithMaxHintWait, 10 s by default) stops retrying likewise, so
+// the lower of the two applies.
 func WithMaxRetryAfter(d time.Duration) TransportOption {
 	return func(t *Transport) { t.maxRetryAfter = d }
 }

@@ -85,7 +85,8 @@ var ErrInvalidCost = errors.New("ratelimit: negative cost")
 // [For] return when the rate limit refuses a call. It matches [ErrLimited]
 // with errors.Is and carries the Decision, so adapters can set Retry-After
 // and the RateLimit header fields from it. It implements [bulwark.Hinter]:
-// a retry policy waits RetryAfter before the next attempt.
+// a retry policy waits RetryAfter before the next attempt (or stops, when
+// that is longer than it allows).
 type LimitedError struct {
 	Decision Decision
 	// Err is the reason when it is not the limit itself: Wait sets it to
