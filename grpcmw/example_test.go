@@ -44,10 +44,33 @@ func ExampleUnaryServerInterceptor() {
 			}))...)),
 		grpc.ChainStreamInterceptor(grpcmw.StreamServerInterceptor(opts...)),
 	)
-	testpb.RegisterTestServiceServer(srv, &service{})
+	svc := &service{}
+	testpb.RegisterTestServiceServer(srv, svc)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
-	fmt.Println(len(srv.GetServiceInfo()), "service")
-	// Output: 1 service
+
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cc.Close()
+	client := testpb.NewTestServiceClient(cc)
+	// A client sends the same call twice, as a retry would: the second gets
+	// the stored result, marked as a replay, and the service runs once.
+	ctx := metadata.AppendToOutgoingContext(context.Background(),
+		"x-api-key", "key-1", grpcmw.IdempotencyKeyHeader, "transfer-42")
+	for range 2 {
+		var header metadata.MD
+		resp, err := client.UnaryCall(ctx, payload("transfer 10"), grpc.Header(&header))
+		fmt.Println(string(resp.GetPayload().GetBody()), err, header.Get(grpcmw.ReplayedHeader))
+	}
+	fmt.Println("calls the service ran:", svc.Calls())
+	// Output:
+	// transfer 10 <nil> []
+	// transfer 10 <nil> [true]
+	// calls the service ran: 1
 }
 
 // A client that retries Unavailable and ResourceExhausted (honouring the
