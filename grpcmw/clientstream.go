@@ -121,6 +121,11 @@ type retryStream struct {
 	committed atomic.Bool
 	finished  atomic.Bool
 
+	// reportMu makes a report to the breaker whole: one that finds the
+	// permit taken waits until the breaker has been told, so that RecvMsg
+	// never returns before the context watcher's report lands.
+	reportMu sync.Mutex
+
 	// sendMu orders what goes out on an attempt's stream: the caller's
 	// SendMsg and CloseSend, and the replay on a new attempt. It is held
 	// across network sends, which may wait for flow control; mu never is,
@@ -500,8 +505,11 @@ func (rs *retryStream) setAttempts() {
 	}
 }
 
-// report tells the breaker how the current attempt ended.
+// report tells the breaker how the current attempt ended, unless another
+// report did; it returns once the breaker has been told.
 func (rs *retryStream) report(err error) {
+	rs.reportMu.Lock()
+	defer rs.reportMu.Unlock()
 	rs.mu.Lock()
 	bp, ok := rs.permit, rs.hasPermit
 	rs.permit, rs.hasPermit = breaker.Permit{}, false
@@ -524,6 +532,9 @@ func (rs *retryStream) fail(err error) {
 // end reports the stream's outcome and frees its bulkhead slot, once.
 func (rs *retryStream) end(err error) {
 	if !rs.finished.CompareAndSwap(false, true) {
+		// abandon ended it: wait for its report, so that the caller who
+		// sees err can also see the breaker's count of it.
+		rs.report(err)
 		return
 	}
 	if rs.stopWatch != nil {
