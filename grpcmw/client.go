@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strconv"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -251,11 +252,19 @@ func (st *callState) hint(err error) *bulwark.Hint {
 // hint, gets the first call's stored one. An Aborted of the handler's own
 // carries no such mark and is not retried (unless Aborted is made retryable).
 func inFlight(ctx context.Context, err error) bool {
-	if !isInFlight(err) {
+	if codeOf(err) != codes.Aborted {
 		return false
 	}
-	md, _ := metadata.FromOutgoingContext(ctx)
-	return len(md[IdempotencyKeyHeader]) > 0
+	if md, _ := metadata.FromOutgoingContext(ctx); len(md[IdempotencyKeyHeader]) == 0 {
+		return false
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetReason() == InFlightReason && ei.GetDomain() == ErrorDomain {
+			return true
+		}
+	}
+	return false
 }
 
 // throttle waits for, or asks, the limiter.

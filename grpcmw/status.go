@@ -149,18 +149,3 @@ func codeOf(err error) codes.Code {
 	}
 	return status.Code(err)
 }
-
-// isInFlight reports whether err carries the in-flight mark of
-// [WithIdempotency]: Aborted with the ErrorInfo of [InFlightReason].
-func isInFlight(err error) bool {
-	if codeOf(err) != codes.Aborted {
-		return false
-	}
-	st, _ := status.FromError(err)
-	for _, d := range st.Details() {
-		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetReason() == InFlightReason && ei.GetDomain() == ErrorDomain {
-			return true
-		}
-	}
-	return false
-}
