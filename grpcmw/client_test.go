@@ -350,21 +350,26 @@ func TestClientInFlightAbortedNeedsKeyAndMark(t *testing.T) {
 				}
 				return st.Err()
 			}}
-			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+			retrying := make(chan struct{}, 1)
+			p := newRetry(clk, retry.WithOnRetry(func(int, error, time.Duration) { retrying <- struct{}{} }))
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(p))...)
 			var opts []grpc.CallOption
 			if tc.key {
 				opts = append(opts, grpcmw.WithIdempotencyKey("k"))
 			}
 			done := goCall(c, context.Background(), "a", opts...)
-			if tc.retried {
+			select {
+			case <-retrying:
+				require.True(t, tc.retried, "a retry followed")
 				clk.WaitForTimers(1)
 				clk.Advance(time.Second)
 				require.NoError(t, (<-done).err)
 				require.Equal(t, 2, svc.Calls())
-				return
+			case r := <-done:
+				require.False(t, tc.retried, "the call ended without a retry: %v", r.err)
+				requireCode(t, codes.Aborted, r.err)
+				require.Equal(t, 1, svc.Calls())
 			}
-			requireCode(t, codes.Aborted, (<-done).err)
-			require.Equal(t, 1, svc.Calls())
 		})
 	}
 }

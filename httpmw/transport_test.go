@@ -1197,19 +1197,19 @@ func TestTransportInFlightConflictNeedsKeyAndMark(t *testing.T) {
 	t.Parallel()
 	inFlight := trStatus(409, "", "Retry-After", "1", "Idempotent-In-Flight", "true")
 	tests := []struct {
-		name    string
-		method  string
-		key     string
-		answer  trStep
-		opts    []TransportOption
-		retried bool
+		name      string
+		method    string
+		keyHeader string // the request's key field, if any
+		answer    trStep
+		opts      []TransportOption
+		retried   bool
 	}{
-		{"keyed", http.MethodPost, `"k"`, inFlight, nil, true},
-		{"X-Idempotency-Key", http.MethodPost, "", inFlight, []TransportOption{WithIdempotencyKeys(nil)}, true},
-		{"keyed, retryable statuses replaced", http.MethodPost, `"k"`, inFlight,
+		{"keyed", http.MethodPost, IdempotencyKeyHeader, inFlight, nil, true},
+		{"X-Idempotency-Key", http.MethodPost, "X-Idempotency-Key", inFlight, []TransportOption{WithIdempotencyKeys(nil)}, true},
+		{"keyed, retryable statuses replaced", http.MethodPost, IdempotencyKeyHeader, inFlight,
 			[]TransportOption{WithRetryableStatus()}, true},
-		{"not marked", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1"), nil, false},
-		{"a replay", http.MethodPost, `"k"`, trStatus(409, "", "Retry-After", "1", "Idempotent-In-Flight", "true",
+		{"not marked", http.MethodPost, IdempotencyKeyHeader, trStatus(409, "", "Retry-After", "1"), nil, false},
+		{"a replay", http.MethodPost, IdempotencyKeyHeader, trStatus(409, "", "Retry-After", "1", "Idempotent-In-Flight", "true",
 			"Idempotent-Replayed", "true"), nil, false},
 		{"no key", http.MethodGet, "", inFlight, nil, false},
 	}
@@ -1218,19 +1218,22 @@ func TestTransportInFlightConflictNeedsKeyAndMark(t *testing.T) {
 			t.Parallel()
 			u := trNewUpstream(t, tt.answer, trStatus(200, "ok"))
 			clk := clock.NewFake(time.Time{})
-			c := u.client(append([]TransportOption{WithRetry(trPolicy(clk, 3, nil))}, tt.opts...)...)
+			retrying := make(chan struct{}, 1)
+			p := trPolicy(clk, 3, nil, retry.WithOnRetry(func(int, error, time.Duration) { retrying <- struct{}{} }))
+			c := u.client(append([]TransportOption{WithRetry(p)}, tt.opts...)...)
 			req, _ := http.NewRequest(tt.method, u.srv.URL, nil)
-			if tt.key != "" {
-				req.Header.Set(IdempotencyKeyHeader, tt.key)
-			}
-			if tt.name == "X-Idempotency-Key" {
-				req.Header.Set("X-Idempotency-Key", "k")
+			if tt.keyHeader != "" {
+				req.Header.Set(tt.keyHeader, `"k"`)
 			}
 			done := trStart(c, req)
-			if tt.retried {
+			var res trResult
+			select {
+			case <-retrying:
+				require.True(t, tt.retried, "a retry followed")
 				trAdvanceExactly(t, clk, time.Second)
+				res = <-done
+			case res = <-done:
 			}
-			res := <-done
 			require.NoError(t, res.err)
 			if tt.retried {
 				require.Equal(t, 200, res.resp.StatusCode)

@@ -281,40 +281,49 @@ func TestHintBeyondMaxHintWaitStops(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clock.NewFake(time.Time{})
-			var delays []time.Duration
-			opts := []Option{WithClock(clk), WithMaxElapsed(0), WithOnRetry(func(_ int, _ error, d time.Duration) { delays = append(delays, d) })}
+			retrying := make(chan time.Duration, 1)
+			opts := []Option{WithClock(clk), WithMaxElapsed(0), WithOnRetry(func(_ int, _ error, d time.Duration) { retrying <- d })}
 			if tc.max >= 0 {
 				opts = append(opts, WithMaxHintWait(tc.max))
 			}
 			p := New("t", opts...)
 			fn, calls := failing(1, bulwark.WithHint(errBoom, bulwark.Hint{RetryAfter: tc.hint}))
-			if !tc.waited {
-				err := p.Do(context.Background(), fn) // returns without anyone advancing the clock
+			done := make(chan error, 1)
+			go func() { done <- p.Do(context.Background(), fn) }()
+			select {
+			case d := <-retrying:
+				require.True(t, tc.waited, "a retry after %v", d)
+				require.Equal(t, tc.hint, d)
+				clk.WaitForTimers(1)
+				clk.Advance(tc.hint - 1)
+				require.Equal(t, 1, clk.Pending(), "the hint is waited in full")
+				clk.Advance(1)
+				require.NoError(t, <-done)
+			case err := <-done: // without anyone advancing the clock
+				require.False(t, tc.waited, "no retry: %v", err)
 				requireRetryError(t, err, 1, NotRetryable)
 				require.EqualValues(t, 1, calls.Load())
 				require.Zero(t, clk.Created(), "no wait started")
-				return
 			}
-			done := make(chan error)
-			go func() { done <- p.Do(context.Background(), fn) }()
-			clk.WaitForTimers(1)
-			clk.Advance(tc.hint - 1)
-			require.Equal(t, 1, clk.Pending(), "the hint is waited in full")
-			clk.Advance(1)
-			require.NoError(t, <-done)
-			require.Equal(t, []time.Duration{tc.hint}, delays)
 		})
 	}
+}
+
+// openBreaker returns a breaker on clk that has just opened for 30 s.
+func openBreaker(t *testing.T, clk clock.Clock) *breaker.Breaker {
+	t.Helper()
+	b := breaker.New("open", breaker.WithClock(clk), breaker.WithConsecutiveFailures(1),
+		breaker.WithOpenDuration(30*time.Second), breaker.WithJitter(0))
+	_ = b.Do(context.Background(), func(context.Context) error { return errBoom })
+	require.Equal(t, breaker.Open, b.State())
+	return b
 }
 
 // An open breaker in a chain under retry: the time until its probe is past
 // WithMaxHintWait, so the call fails fast instead of waiting to be refused.
 func TestOpenBreakerBeyondMaxHintWaitFailsFast(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
-	b := breaker.New("open", breaker.WithClock(clk), breaker.WithConsecutiveFailures(1),
-		breaker.WithOpenDuration(30*time.Second), breaker.WithJitter(0))
-	_ = b.Do(context.Background(), func(context.Context) error { return errBoom })
-	require.Equal(t, breaker.Open, b.State())
+	b := openBreaker(t, clk)
 	p := New("t", WithClock(clk))
 	err := bulwark.Chain(p, b).Do(context.Background(), func(context.Context) error { return nil })
 	require.ErrorIs(t, err, breaker.ErrOpen)
@@ -462,10 +471,7 @@ func errPermanent() error { return bulwark.Permanent(errBoom) }
 // refilled it.
 func TestHintBeyondMaxHintWaitTakesNoBudgetToken(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
-	b := breaker.New("open", breaker.WithClock(clk), breaker.WithConsecutiveFailures(1),
-		breaker.WithOpenDuration(30*time.Second), breaker.WithJitter(0))
-	_ = b.Do(context.Background(), func(context.Context) error { return errBoom })
-	require.Equal(t, breaker.Open, b.State())
+	b := openBreaker(t, clk)
 
 	budget := NewBudget(DefaultBudgetMaxTokens, DefaultBudgetRatio)
 	p := New("t", WithClock(clk), WithBudget(budget))
