@@ -202,11 +202,17 @@ func (l *Local) Len() int {
 
 // Allow spends cost tokens of key's bucket if it holds that many now and
 // reports the decision; it never blocks and ignores ctx. A cost of 0 reports
-// the bucket's state. A cost above the burst returns [ErrCostExceedsLimit], a
-// negative one [ErrInvalidCost]. An allowed decision does not allocate.
+// the bucket's state: it is not counted as a decision, and a key the limiter
+// does not remember reads as a full bucket without being remembered. A cost
+// above the burst returns [ErrCostExceedsLimit], a negative one
+// [ErrInvalidCost]. An allowed decision does not allocate.
 func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ error) {
 	if err := l.checkCost(cost); err != nil {
 		return l.policyOnly(), err
+	}
+	if cost == 0 {
+		l.peek(&d, key)
+		return d, nil
 	}
 	if l.limit == rate.Inf {
 		s, _ := l.shard(key)
@@ -232,6 +238,23 @@ func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ er
 	return d, nil
 }
 
+// peek sets *d to the state of key's bucket, changing nothing: a key that is
+// not remembered has a full bucket, and looking at it must not make the
+// limiter remember it (or evict another key to do so).
+func (l *Local) peek(d *Decision, key string) {
+	now := l.now()
+	b := bucket{tokens: float64(l.burst), last: now}
+	if l.limit != rate.Inf {
+		s, h := l.shard(key)
+		s.mu.Lock()
+		if e, ok := s.keys[h]; ok {
+			b.tokens = l.level(&e.bucket, now)
+		}
+		s.mu.Unlock()
+	}
+	l.fillDecision(d, true, b, now, 0)
+}
+
 // Do runs fn if the bucket of the key "" has a token, spending it, and
 // otherwise returns a *[LimitedError] without calling fn. It makes Local a
 // [bulwark.Policy] that limits all calls through it together; use [For] for a
@@ -253,7 +276,8 @@ func (l *Local) Wait(ctx context.Context, key string) error {
 // comes before the tokens could be ready, it returns at once, without
 // spending anything, a *[LimitedError] that wraps context.DeadlineExceeded
 // and carries the wait it would have needed as RetryAfter. n above the burst
-// returns [ErrCostExceedsLimit]; n of 0 returns at once.
+// returns [ErrCostExceedsLimit]; n of 0 returns at once, and is not counted
+// as a decision.
 func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	if err := l.checkCost(n); err != nil {
 		return err
@@ -261,9 +285,12 @@ func (l *Local) WaitN(ctx context.Context, key string, n int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if l.limit == rate.Inf || n == 0 {
-		// Nothing to pay: no wait, even behind reservations that hold the
-		// bucket below zero.
+	if n == 0 {
+		// Nothing to pay and nothing to count: no wait, even behind
+		// reservations that hold the bucket below zero.
+		return nil
+	}
+	if l.limit == rate.Inf {
 		s, _ := l.shard(key)
 		s.allowed.Add(1)
 		return nil

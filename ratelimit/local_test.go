@@ -307,13 +307,14 @@ func TestLocalEvictionPrefersFullBuckets(t *testing.T) {
 		return d
 	}
 	allow(k[0], 5) // least recently used, empty
-	allow(k[1], 0) // full: safe to forget
+	allow(k[1], 1)
+	clk.Advance(time.Second) // k[1] is full again: safe to forget
 	allow(k[2], 1)
 	allow(k[3], 1)
 	allow(k[4], 1) // shard full: k[1] goes though k[0] is older
 	require.False(t, remembered(l, k[1]))
 	require.True(t, remembered(l, k[0]))
-	require.Equal(t, 0, allow(k[0], 0).Remaining, "k[0] kept its empty bucket")
+	require.Equal(t, 0, allow(k[0], 1).Remaining, "k[0] kept its bucket, with the one token a second gave it")
 
 	// No bucket is full now: the least recently used key goes.
 	allow(k[5], 1)
@@ -555,8 +556,8 @@ func TestLocalWaitCanceledAfterEntryReuseInventsNothing(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- l.WaitN(ctx, k[0], 1) }()
 	clk.WaitForTimers(1) // k[0] holds -1 token: a reservation
-	allow(k[1], 0)       // k[0] is forgotten, its entry now serves k[1]
-	allow(k[0], 0)       // and k[0] again, with a new full bucket
+	allow(k[1], 1)       // k[0] is forgotten, its entry now serves k[1]
+	// and k[0] again, with a new full bucket
 	require.True(t, allow(k[0], 2).Allowed)
 	cancel()
 	require.ErrorIs(t, <-done, context.Canceled)
@@ -629,4 +630,44 @@ bulwark_ratelimit_decisions_total{decision="denied",name="many"} 0
 bulwark_ratelimit_decisions_total{decision="error",name="many"} 0
 `), "bulwark_ratelimit_decisions_total"))
 	runtime.KeepAlive(l) // collectors hold limiters weakly
+}
+
+// A cost of 0 only reads: it is not a decision for the metrics, and a key
+// the limiter does not know is neither remembered nor allowed to push a
+// remembered key out.
+func TestLocalZeroCostOnlyReads(t *testing.T) {
+	t.Parallel()
+	for _, r := range []rate.Limit{1, rate.Inf} {
+		reg := prometheus.NewPedanticRegistry()
+		clk := clock.NewFake(time.Time{})
+		l := NewLocal("peek", r, 2, WithClock(clk), WithRegisterer(reg), WithMaxKeys(1))
+		_, err := l.Allow(bg, "spent", 1)
+		require.NoError(t, err)
+		for i := range 100 {
+			d, err := l.Allow(bg, fmt.Sprintf("unknown-%d", i), 0)
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+			require.Equal(t, 2, d.Remaining, "an unknown key reads as a full bucket")
+			require.Zero(t, d.Reset)
+			require.NoError(t, l.WaitN(bg, fmt.Sprintf("unknown-%d", i), 0))
+		}
+		d, err := l.Allow(bg, "spent", 0)
+		require.NoError(t, err)
+		if r == rate.Inf {
+			require.Equal(t, 2, d.Remaining)
+			require.Zero(t, l.Len())
+		} else {
+			require.Equal(t, 1, d.Remaining, "the spent key is still remembered")
+			require.Equal(t, time.Second, d.Reset)
+			require.Equal(t, 1, l.Len())
+		}
+		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP bulwark_ratelimit_decisions_total Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).
+# TYPE bulwark_ratelimit_decisions_total counter
+bulwark_ratelimit_decisions_total{decision="allowed",name="peek"} 1
+bulwark_ratelimit_decisions_total{decision="denied",name="peek"} 0
+bulwark_ratelimit_decisions_total{decision="error",name="peek"} 0
+`), "bulwark_ratelimit_decisions_total"), "r = %v", r)
+		runtime.KeepAlive(l)
+	}
 }

@@ -20,7 +20,8 @@ const DefaultPolicy = "default"
 // decision could be made (a bad cost, a store that is down and configured to
 // fail closed); the returned Decision then still carries the policy (Policy,
 // Limit, Window) so that an adapter can describe it. A cost of 0 asks for the
-// current state without spending anything. Implementations are safe for
+// current state without spending anything; it is not a decision, and the
+// decision metrics do not count it. Implementations are safe for
 // concurrent use.
 type Limiter interface {
 	Allow(ctx context.Context, key string, cost int) (Decision, error)

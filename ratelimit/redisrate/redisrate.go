@@ -222,7 +222,8 @@ func (l *Limiter) Name() string { return l.name }
 
 // Allow takes cost units from key's shared quota if it holds them now and
 // reports the decision, in one round trip to Redis. A cost of 0 reports the
-// state without writing; a denied request writes nothing. A cost above the
+// state without writing and is not counted as a decision; a denied request
+// writes nothing. A cost above the
 // burst returns [ratelimit.ErrCostExceedsLimit] and a negative one
 // [ratelimit.ErrInvalidCost], without I/O, whatever the [FailureMode]. When
 // Redis fails or does not answer within the timeout, the FailureMode decides
@@ -281,9 +282,11 @@ func (l *Limiter) decide(ctx context.Context, key string, cost int, now *time.Ti
 		if reply, err = cmd.Slice(); err == nil {
 			var d ratelimit.Decision
 			if d, err = l.parse(reply); err == nil {
-				if d.Allowed {
+				switch {
+				case cost == 0: // a look at the state, not a decision
+				case d.Allowed:
 					l.counts.Inc(rlmetrics.Allowed)
-				} else {
+				default:
 					l.counts.Inc(rlmetrics.Denied)
 				}
 				return d, nil
@@ -322,7 +325,9 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
 		return l.policyOnly(false), context.DeadlineExceeded
 	}
-	l.counts.Inc(rlmetrics.Error)
+	if cost > 0 {
+		l.counts.Inc(rlmetrics.Error)
+	}
 	switch l.mode.kind {
 	case failClosed:
 		return l.policyOnly(false), fmt.Errorf("%w: %w", ErrUnavailable, err)

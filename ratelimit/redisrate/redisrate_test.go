@@ -399,6 +399,10 @@ func TestFallbackDeniesCostAboveItsBurstForNow(t *testing.T) {
 	_, err = l.Allow(bg, "k", 6)
 	require.ErrorIs(t, err, ratelimit.ErrCostExceedsLimit, "above Redis's burst no retry can help")
 
+	d, err = l.Allow(bg, "k", 0)
+	require.NoError(t, err, "a look at the state is answered by the fallback")
+	require.Equal(t, 1, d.Remaining)
+
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP bulwark_ratelimit_decisions_total Rate limit decisions by outcome: allowed, denied, or error (the store failed and the failure mode decided).
 # TYPE bulwark_ratelimit_decisions_total counter
@@ -596,6 +600,9 @@ func TestDoAndMetrics(t *testing.T) {
 	require.True(t, ok)
 	require.InDelta(t, float64(time.Hour), float64(h.RetryAfter), float64(time.Second))
 	require.Equal(t, 1, calls)
+	peek, perr := l.Allow(bg, "", 0) // a look, not a decision
+	require.NoError(t, perr)
+	require.Zero(t, peek.Remaining)
 	require.Equal(t, 1.0, float64(l.counts.Load(rlmetrics.Allowed)))
 	require.Equal(t, 1.0, float64(l.counts.Load(rlmetrics.Denied)))
 	require.Equal(t, 1, testutil.CollectAndCount(reg, "bulwark_ratelimit_store_seconds"))
