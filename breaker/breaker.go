@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"sync"
@@ -110,7 +111,7 @@ func New(name string, opts ...Option) *Breaker {
 		// enough to decide, or the failure rate could never open the breaker.
 		cfg.minCalls = cfg.windowSize
 	}
-	b := &Breaker{name: name, cfg: cfg, clk: clock.OrReal(cfg.clock)}
+	b := &Breaker{name: name, cfg: cfg, clk: cmp.Or(cfg.clock, clock.Real())}
 	b.timed = cfg.slowThreshold > 0 || cfg.windowDuration > 0
 	b.epoch = b.clk.Now()
 	b.gen.Store(b.newGeneration(Closed, time.Time{}))

@@ -1,6 +1,7 @@
 package bulkhead
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -154,7 +155,7 @@ func New(name string, opts ...Option) *Bulkhead {
 		name:      name,
 		queueSize: cfg.queue,
 		maxWait:   cfg.maxWait,
-		clock:     clock.OrReal(cfg.clock),
+		clock:     cmp.Or(cfg.clock, clock.Real()),
 	}
 	if b.maxWait <= 0 {
 		b.queueSize = 0

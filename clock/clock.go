@@ -28,8 +28,8 @@ type Timer interface {
 	Stop() bool
 }
 
-// Real is the system clock.
-var Real Clock = realClock{}
+// Real returns the system clock, the default of every primitive.
+func Real() Clock { return realClock{} }
 
 type realClock struct{}
 
@@ -43,14 +43,6 @@ type realTimer struct{ t *time.Timer }
 
 func (t realTimer) C() <-chan time.Time { return t.t.C }
 func (t realTimer) Stop() bool          { return t.t.Stop() }
-
-// OrReal returns c, or Real when c is nil.
-func OrReal(c Clock) Clock {
-	if c == nil {
-		return Real
-	}
-	return c
-}
 
 // Fake is a clock that moves only when told to. Timers fire, in order of
 // their deadlines, when Advance or Set moves the time past them.

@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -140,7 +141,7 @@ func New(name string, store Store, opts ...Option) *Guard {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cfg.clock = clock.OrReal(cfg.clock)
+	cfg.clock = cmp.Or(cfg.clock, clock.Real())
 	if store == nil {
 		store = NewMemoryStore(MemoryConfig{Clock: cfg.clock})
 	}

@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"sync"
@@ -80,7 +81,7 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 	for n > 1 && (cfg.MaxEntries < 4*n || cfg.MaxBytes < int64(n)*16*EntryOverhead) {
 		n /= 2
 	}
-	s := &MemoryStore{clock: clock.OrReal(cfg.Clock), mask: n - 1, bytes: byteCount{max: cfg.MaxBytes}}
+	s := &MemoryStore{clock: cmp.Or(cfg.Clock, clock.Real()), mask: n - 1, bytes: byteCount{max: cfg.MaxBytes}}
 	for i := 0; i < n; i++ {
 		s.shards[i] = memShard{
 			m:          make(map[Key]memEntry),

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
@@ -156,7 +157,7 @@ func NewLocal(name string, r rate.Limit, burst int, opts ...Option) *Local {
 		limit:  r,
 		burst:  burst,
 		policy: c.policy,
-		clk:    clock.OrReal(c.clk),
+		clk:    cmp.Or(c.clk, clock.Real()),
 		seed:   maphash.MakeSeed(),
 	}
 	l.epoch = l.clk.Now()

@@ -1,6 +1,7 @@
 package retry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -220,7 +221,7 @@ func New(name string, opts ...Option) *Policy {
 		classify:       cfg.classify,
 		budget:         cfg.budget,
 		onRetry:        cfg.onRetry,
-		clock:          clock.OrReal(cfg.clock),
+		clock:          cmp.Or(cfg.clock, clock.Real()),
 	}
 	if p.newBackOff == nil {
 		clk := p.clock

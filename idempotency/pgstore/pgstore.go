@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	_ "embed"
 	"fmt"
@@ -66,7 +67,7 @@ func New(db DB, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
-	s.clock = clock.OrReal(s.clock)
+	s.clock = cmp.Or(s.clock, clock.Real())
 	s.q = buildQueries(s.table)
 	return s
 }

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -48,7 +49,7 @@ func New(client redis.Scripter, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
-	s.clock = clock.OrReal(s.clock)
+	s.clock = cmp.Or(s.clock, clock.Real())
 	return s
 }
 
