@@ -206,10 +206,14 @@ func (p Permit) Report(o Outcome) {
 		return
 	}
 	var now time.Time
+	var elapsed time.Duration
 	slow := false
 	if b.timed && g.state != Disabled {
-		now = b.clk.Now()
-		if b.cfg.slowThreshold > 0 && now.Sub(b.epoch)-p.start >= b.cfg.slowThreshold {
+		// One reading of the clock, monotonic on the real one; now keeps
+		// the monotonic reading of the epoch it is built on.
+		elapsed = b.clk.Since(b.epoch)
+		now = b.epoch.Add(elapsed)
+		if b.cfg.slowThreshold > 0 && elapsed-p.start >= b.cfg.slowThreshold {
 			slow = true
 			b.st.slow.Add(1)
 		}
@@ -221,7 +225,7 @@ func (p Permit) Report(o Outcome) {
 			if failed {
 				b.st.closedFailures.Add(1) // before seq moves: see Breaker.successes
 			}
-			b.recordClosed(g, now, failed, slow)
+			b.recordClosed(g, now, elapsed, failed, slow)
 			return
 		}
 		// A late outcome of a closed period that has ended: nobody reads its
@@ -237,8 +241,8 @@ func (p Permit) Report(o Outcome) {
 	}
 }
 
-func (b *Breaker) recordClosed(g *generation, now time.Time, failed, slow bool) {
-	t := g.win.record(now, failed, slow)
+func (b *Breaker) recordClosed(g *generation, now time.Time, elapsed time.Duration, failed, slow bool) {
+	t := g.win.record(elapsed, failed, slow)
 	if !failed {
 		if g.consecutive.Load() != 0 {
 			g.consecutive.Store(0)
@@ -343,7 +347,7 @@ func (b *Breaker) Counts() Counts {
 	c := Counts{State: g.state}
 	switch g.state {
 	case Closed:
-		t := g.win.tally(b.clk.Now())
+		t := g.win.tally(b.clk.Since(b.epoch))
 		c.Calls, c.Failures, c.Slow = t.calls, t.failures, t.slow
 		c.ConsecutiveFailures = g.consecutive.Load()
 	case HalfOpen:

@@ -318,18 +318,18 @@ func TestTimeWindow(t *testing.T) {
 
 func TestTimeWindowBuckets(t *testing.T) {
 	w := newTimeWindow(4*time.Second, 4, new(atomic.Uint64))
-	t0 := time.Unix(1000, 0)
+	t0 := 1000 * time.Second // since the breaker's epoch
 	w.record(t0, true, false)
-	w.record(t0.Add(time.Second), false, true)
-	w.record(t0.Add(2*time.Second), true, false)
-	require.Equal(t, tally{3, 2, 1}, w.tally(t0.Add(3*time.Second)))
-	require.Equal(t, tally{2, 1, 1}, w.tally(t0.Add(4*time.Second)))
+	w.record(t0+time.Second, false, true)
+	w.record(t0+2*time.Second, true, false)
+	require.Equal(t, tally{3, 2, 1}, w.tally(t0+3*time.Second))
+	require.Equal(t, tally{2, 1, 1}, w.tally(t0+4*time.Second))
 	// A call that ended earlier than the window is not counted.
 	require.Equal(t, tally{2, 1, 1}, w.record(t0, true, false))
 	// A late call still inside the window counts in its own bucket.
-	require.Equal(t, tally{3, 2, 1}, w.record(t0.Add(1500*time.Millisecond), true, false))
-	require.Equal(t, tally{1, 1, 0}, w.tally(t0.Add(5*time.Second)))
-	require.Equal(t, tally{}, w.tally(t0.Add(time.Hour)))
+	require.Equal(t, tally{3, 2, 1}, w.record(t0+1500*time.Millisecond, true, false))
+	require.Equal(t, tally{1, 1, 0}, w.tally(t0+5*time.Second))
+	require.Equal(t, tally{}, w.tally(t0+time.Hour))
 }
 
 func TestDo(t *testing.T) {

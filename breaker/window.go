@@ -15,9 +15,12 @@ type tally struct {
 // window is a sliding window of call outcomes.
 type window interface {
 	// record adds one outcome and returns the window's tally after it.
-	record(now time.Time, failed, slow bool) tally
-	// tally returns the current tally.
-	tally(now time.Time) tally
+	// elapsed is the time of the outcome since the breaker's epoch, read
+	// from its clock's Since: monotonic on the real clock, so that a step of
+	// the wall clock (NTP, a resumed VM) cannot move calls out of the window.
+	record(elapsed time.Duration, failed, slow bool) tally
+	// tally returns the current tally, at elapsed since the epoch.
+	tally(elapsed time.Duration) tally
 	// timed reports whether the window needs the time of each call.
 	timed() bool
 }
@@ -77,7 +80,7 @@ func gcd(a, b uint64) uint64 {
 
 func (w *countWindow) timed() bool { return false }
 
-func (w *countWindow) record(_ time.Time, failed, slow bool) tally {
+func (w *countWindow) record(_ time.Duration, failed, slow bool) tally {
 	v := slotSuccess
 	if failed {
 		v = slotFailure
@@ -101,7 +104,7 @@ func (w *countWindow) record(_ time.Time, failed, slow bool) tally {
 	return tally{calls: w.calls.Load(), failures: w.failures.Load(), slow: w.slow.Load()}
 }
 
-func (w *countWindow) tally(time.Time) tally {
+func (w *countWindow) tally(time.Duration) tally {
 	return tally{calls: w.calls.Load(), failures: w.failures.Load(), slow: w.slow.Load()}
 }
 
@@ -121,9 +124,10 @@ func newTimeWindow(d time.Duration, n int, seq *atomic.Uint64) *timeWindow {
 
 func (w *timeWindow) timed() bool { return true }
 
-// advance drops the buckets that have left the window by now. w.mu is held.
-func (w *timeWindow) advance(now time.Time) int64 {
-	idx := now.UnixNano() / w.width
+// advance drops the buckets that have left the window by elapsed. w.mu is
+// held.
+func (w *timeWindow) advance(elapsed time.Duration) int64 {
+	idx := int64(elapsed) / w.width
 	if idx <= w.head {
 		return idx
 	}
@@ -133,7 +137,7 @@ func (w *timeWindow) advance(now time.Time) int64 {
 		from = idx - n + 1
 	}
 	for i := from; i <= idx; i++ {
-		b := &w.buckets[i%n]
+		b := w.bucket(i)
 		w.sum.calls -= b.calls
 		w.sum.failures -= b.failures
 		w.sum.slow -= b.slow
@@ -143,16 +147,23 @@ func (w *timeWindow) advance(now time.Time) int64 {
 	return idx
 }
 
-func (w *timeWindow) record(now time.Time, failed, slow bool) tally {
+// bucket returns the bucket of time index i, which may be negative: a
+// clock's first reading is the breaker's epoch, and index 0 is its bucket.
+func (w *timeWindow) bucket(i int64) *tally {
+	n := int64(len(w.buckets))
+	return &w.buckets[(i%n+n)%n]
+}
+
+func (w *timeWindow) record(elapsed time.Duration, failed, slow bool) tally {
 	w.seq.Add(1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	idx := w.advance(now)
+	idx := w.advance(elapsed)
 	if idx <= w.head-int64(len(w.buckets)) {
 		return w.sum // a call that ended before the window: too old to count
 	}
 	// Every index in (head-len, head] has its own bucket, reset by advance.
-	b := &w.buckets[idx%int64(len(w.buckets))]
+	b := w.bucket(idx)
 	b.calls++
 	w.sum.calls++
 	if failed {
@@ -166,9 +177,9 @@ func (w *timeWindow) record(now time.Time, failed, slow bool) tally {
 	return w.sum
 }
 
-func (w *timeWindow) tally(now time.Time) tally {
+func (w *timeWindow) tally(elapsed time.Duration) tally {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.advance(now)
+	w.advance(elapsed)
 	return w.sum
 }
