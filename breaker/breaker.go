@@ -366,7 +366,8 @@ func (b *Breaker) ForceOpen() { b.set(ForcedOpen) }
 func (b *Breaker) Disable() { b.set(Disabled) }
 
 // Reset closes the breaker with an empty window, from any state, and forgets
-// earlier trips.
+// earlier trips. Reset of a closed breaker, like ForceOpen of a forced-open
+// one, is no state change: hooks and the transitions metric do not see it.
 func (b *Breaker) Reset() { b.set(Closed) }
 
 func (b *Breaker) set(s State) {
@@ -374,7 +375,9 @@ func (b *Breaker) set(s State) {
 	from := b.gen.Load().state
 	b.trips = 0
 	b.gen.Store(b.newGeneration(s, time.Time{}))
-	b.changedLocked(from, s)
+	if from != s { // Reset of a closed breaker empties its window: no state change
+		b.changedLocked(from, s)
+	}
 	b.mu.Unlock()
 	b.dispatch()
 }
