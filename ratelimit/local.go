@@ -401,7 +401,12 @@ func (l *Local) fillDecision(d *Decision, ok bool, b bucket, now int64, cost int
 		return
 	}
 	tokens := b.tokens
-	if tokens >= 1 {
+	switch {
+	case tokens >= float64(l.burst):
+		// Also where float64 rounds a burst near math.MaxInt up, past
+		// what int(tokens) can hold.
+		d.Remaining = l.burst
+	case tokens >= 1:
 		d.Remaining = int(tokens)
 	}
 	// Reset keeps the plain estimate, which may be a nanosecond short:

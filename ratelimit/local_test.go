@@ -671,3 +671,18 @@ bulwark_ratelimit_decisions_total{decision="error",name="peek"} 0
 		runtime.KeepAlive(l)
 	}
 }
+
+// Decision.Remaining is documented as never negative. With a burst near
+// math.MaxInt the bucket's float64 tokens round up to 2^63, and int(tokens)
+// overflows to math.MinInt64 (on amd64): a full bucket reports a hugely
+// negative Remaining, which an adapter puts in the RateLimit header as r=.
+func TestLocalRemainingNeverNegativeWithLargestBurst(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	l := NewLocal("huge", 1, math.MaxInt, WithClock(clk))
+	for _, cost := range []int{0, 1} {
+		d, err := l.Allow(bg, "k", cost)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		require.GreaterOrEqual(t, d.Remaining, 0, "cost %d: Remaining must never be negative", cost)
+	}
+}

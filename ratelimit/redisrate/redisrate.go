@@ -203,9 +203,9 @@ func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts .
 		script:      script,
 		shaArg:      script.Hash(),
 		burst:       burst,
-		interval:    time.Duration(us) * time.Microsecond,
+		interval:    micros(us, 1),
 		policy:      c.policy,
-		window:      time.Duration(us*int64(burst)) * time.Microsecond,
+		window:      micros(us, int64(burst)),
 		head:        c.prefix + name + ":",
 		timeout:     c.timeout,
 		mode:        c.mode,
@@ -310,8 +310,8 @@ func (l *Limiter) parse(reply []any) (ratelimit.Decision, error) {
 	}
 	d := l.policyOnly(v[0] == 1)
 	d.Remaining = int(max(v[1], 0))
-	d.Reset = time.Duration(v[2]) * time.Microsecond
-	d.RetryAfter = time.Duration(v[3]) * time.Microsecond
+	d.Reset = micros(max(v[2], 0), 1)
+	d.RetryAfter = micros(max(v[3], 0), 1)
 	return d, nil
 }
 
@@ -358,8 +358,19 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 func (l *Limiter) drained(cost int) ratelimit.Decision {
 	d := l.policyOnly(false)
 	d.Reset = l.window
-	d.RetryAfter = time.Duration(cost) * l.interval
+	d.RetryAfter = micros(int64(l.interval/time.Microsecond), int64(cost))
 	return d
+}
+
+// micros returns us×n microseconds as a Duration, or the longest Duration
+// when that is longer (a window of over 292 years), instead of wrapping
+// around to a negative one. us and n are not negative.
+func micros(us, n int64) time.Duration {
+	const most = math.MaxInt64 / int64(time.Microsecond)
+	if n != 0 && us > most/n {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(us*n) * time.Microsecond
 }
 
 func (l *Limiter) policyOnly(allowed bool) ratelimit.Decision {

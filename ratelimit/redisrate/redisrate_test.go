@@ -658,3 +658,24 @@ func TestMetricsLetTheLimiterGo(t *testing.T) {
 	gctest.Collect(t, w)
 	require.Zero(t, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
 }
+
+// New accepts any rate in (0, 1e6] and any positive burst, and
+// Decision.Window is the time an empty bucket takes to refill. New computes
+// it as Duration(us*burst) * Microsecond, which overflows int64 nanoseconds
+// once the window passes ~292 years and wraps to a negative (or garbage)
+// Window, which adapters put in RateLimit-Policy as w=. Local, for the same
+// policy, saturates instead. (No Redis needed: a cost error returns the
+// policy without I/O.)
+func TestWindowDoesNotWrapForLongWindows(t *testing.T) {
+	t.Parallel()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	r, burst := rate.Every(24*time.Hour), 200_000 // a window of ~548 years
+	l := New("long", rdb, r, burst)
+	d, err := l.Allow(bg, "k", burst+1)
+	require.ErrorIs(t, err, ratelimit.ErrCostExceedsLimit)
+	local := ratelimit.NewLocal("long", r, burst)
+	dl, _ := local.Allow(bg, "k", burst+1)
+	require.Positive(t, d.Window, "Window must not wrap around")
+	require.Equal(t, dl.Window, d.Window, "same policy, same Window as Local")
+}
