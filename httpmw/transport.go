@@ -82,12 +82,15 @@ type TransportOption func(*Transport)
 //
 // A request is retried when retries are on and it is idempotent: its method
 // is GET, HEAD, OPTIONS, TRACE, PUT or DELETE, or it carries an
-// Idempotency-Key (or X-Idempotency-Key) header, or it is a POST or PATCH to
-// which the transport adds an Idempotency-Key (see [WithIdempotencyKeys]; on
-// by default with retries). Its body must be replayable: through
-// Request.GetBody (set by http.NewRequest for in-memory bodies), or buffered
-// by the transport when it is at most [WithMaxReplayBody] bytes; a longer body
-// is sent once, without retries.
+// Idempotency-Key header, or it is a POST or PATCH to which the transport
+// adds an Idempotency-Key (see [WithIdempotencyKeys]; on by default with
+// retries). An X-Idempotency-Key header alone does not make a request
+// retryable: [Idempotency] does not read it, so a retry could run the effect
+// twice; the transport adds an Idempotency-Key beside it, when it adds keys.
+// The body must be replayable: through Request.GetBody (set by
+// http.NewRequest for in-memory bodies), or buffered by the transport when it
+// is at most [WithMaxReplayBody] bytes; a longer body is sent once, without
+// retries.
 //
 // An attempt failed when the base transport returned an error (a reset or
 // refused connection, an attempt timeout — but not the caller's context
@@ -497,9 +500,9 @@ func (t *Transport) trRetryableRequest(req *http.Request) (retryable, addKey boo
 	return false, false
 }
 
-// trHasKey reports whether h carries an idempotency key.
+// trHasKey reports whether h carries an Idempotency-Key.
 func trHasKey(h http.Header) bool {
-	return len(h[IdempotencyKeyHeader]) > 0 || len(h["X-Idempotency-Key"]) > 0
+	return len(h[IdempotencyKeyHeader]) > 0
 }
 
 // trInFlight reports whether resp is the [Idempotency] middleware's "the

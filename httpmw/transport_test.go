@@ -1205,7 +1205,7 @@ func TestTransportInFlightConflictNeedsKeyAndMark(t *testing.T) {
 		retried   bool
 	}{
 		{"keyed", http.MethodPost, IdempotencyKeyHeader, inFlight, nil, true},
-		{"X-Idempotency-Key", http.MethodPost, "X-Idempotency-Key", inFlight, []TransportOption{WithIdempotencyKeys(nil)}, true},
+		{"X-Idempotency-Key is not the key", http.MethodPost, "X-Idempotency-Key", inFlight, []TransportOption{WithIdempotencyKeys(nil)}, false},
 		{"keyed, retryable statuses replaced", http.MethodPost, IdempotencyKeyHeader, inFlight,
 			[]TransportOption{WithRetryableStatus()}, true},
 		{"not marked", http.MethodPost, IdempotencyKeyHeader, trStatus(409, "", "Retry-After", "1"), nil, false},
@@ -1289,4 +1289,33 @@ func TestTransportHandlerConflictIsTheAnswer(t *testing.T) {
 	require.Equal(t, "account-locked", res.resp.Header.Get("X-Conflict"))
 	require.Empty(t, res.resp.Header.Get("Idempotent-Replayed"))
 	require.Equal(t, int32(1), runs.Load())
+}
+
+// TestTransportXIdempotencyKeyPOSTExactlyOnce: the Transport used to treat a
+// POST carrying X-Idempotency-Key as idempotent and retry it, adding no
+// Idempotency-Key of its own, but this package's Idempotency middleware reads
+// only Idempotency-Key: a POST whose first response was lost ran its effect
+// twice. Now the transport adds its Idempotency-Key beside the caller's.
+func TestTransportXIdempotencyKeyPOSTExactlyOnce(t *testing.T) {
+	t.Parallel()
+	var effects atomic.Int32
+	effect := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		effects.Add(1)
+		w.WriteHeader(http.StatusCreated)
+	})
+	g := idempotency.New("httpmw_transport_xkey", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
+	srv := httptest.NewServer(trDropFirstResponse(Idempotency(g, WithoutScope())(effect)))
+	t.Cleanup(srv.Close)
+
+	clk := clock.NewFake(time.Time{})
+	c := &http.Client{Transport: NewTransport(srv.Client().Transport, WithRetry(trPolicy(clk, 3, nil)))}
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/charges", strings.NewReader(`{"amount":42}`))
+	require.NoError(t, err)
+	req.Header.Set("X-Idempotency-Key", `"charge-1"`)
+	done := trStart(c, req)
+	trAdvanceExactly(t, clk, 100*time.Millisecond)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, http.StatusCreated, res.resp.StatusCode)
+	require.Equal(t, int32(1), effects.Load(), "the retried POST took effect exactly once")
 }
