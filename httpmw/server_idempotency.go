@@ -120,7 +120,8 @@ func WithMaxStoredResponse(n int) Option {
 // Authorization, WWW-Authenticate and the like, and any name containing
 // "cookie", "auth", "token", "secret", "session", "api-key", "apikey" or
 // "password"; neither can the fields net/http computes (Content-Length,
-// Transfer-Encoding, Date, ...). Naming one panics at construction.
+// Transfer-Encoding, Date, ...). Naming one panics at construction. The list
+// also picks the trailers stored and replayed, as trailers.
 func WithReplayHeaders(names ...string) Option {
 	return func(c *srvConfig) { c.replay = slices.Clone(names) }
 }
@@ -333,6 +334,7 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 		_ = lease.Release(ctx)
 		return
 	}
+	sw.srvCaptureTrailers()
 	_ = lease.Finish(ctx, idempotency.Response{Status: sw.srvStatus(), Header: sw.capHeader, Body: sw.capBody})
 }
 
@@ -401,19 +403,36 @@ func (m *srvIdempotency) srvBeginError(w http.ResponseWriter, r *http.Request, e
 // replace any the middleware in front set under the same name.
 func srvReplay(w http.ResponseWriter, resp idempotency.Response) {
 	h := w.Header()
+	var trailers []idempotency.Field // stored under http.TrailerPrefix
+	for _, f := range resp.Header {
+		if name, ok := strings.CutPrefix(f.Name, http.TrailerPrefix); ok {
+			if !slices.ContainsFunc(trailers, func(t idempotency.Field) bool { return t.Name == name }) {
+				h.Add("Trailer", name) // declared, as net/http documents
+			}
+			trailers = append(trailers, idempotency.Field{Name: name, Value: f.Value})
+		}
+	}
 	for _, f := range resp.Header {
 		h.Del(f.Name)
 	}
+	for _, f := range trailers {
+		h.Del(f.Name)
+	}
 	for _, f := range resp.Header {
-		h.Add(f.Name, f.Value)
+		if !strings.HasPrefix(f.Name, http.TrailerPrefix) {
+			h.Add(f.Name, f.Value)
+		}
 	}
 	h.Set(srvHeaderReplayed, "true")
-	if srvBodyAllowed(resp.Status) {
+	if srvBodyAllowed(resp.Status) && len(trailers) == 0 { // trailers need chunking in HTTP/1.1
 		h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
 	}
 	w.WriteHeader(resp.Status)
 	if len(resp.Body) > 0 && srvBodyAllowed(resp.Status) {
 		_, _ = w.Write(resp.Body)
+	}
+	for _, f := range trailers {
+		h.Add(f.Name, f.Value)
 	}
 }
 

@@ -546,3 +546,53 @@ func TestIdempotencyLargeResponseWithinTheBoundIsReplayed(t *testing.T) {
 	}
 	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
 }
+
+// TestIdempotencyReplayKeepsTrailers: a handler that sets a trailer (a
+// checksum, a final status) after the body sent it to the first caller, but
+// the stored response had no trailer and a replay sent none, even with the
+// field in WithReplayHeaders: the retry got a different response than the one
+// the handler produced. Trailers follow the replay allowlist, as headers do.
+func TestIdempotencyReplayKeepsTrailers(t *testing.T) {
+	declared := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Trailer", "X-Checksum")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("X-Checksum", "c0ffee")
+	}
+	// Undeclared trailers reach a client only when net/http chunks the
+	// response: here because the body outgrows its 4 KiB buffer.
+	long := strings.Repeat("b", 8<<10)
+	prefixed := func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, long)
+		w.Header().Set(http.TrailerPrefix+"X-Checksum", "c0ffee")
+	}
+	tests := []struct {
+		name     string
+		handler  http.HandlerFunc
+		body     string
+		replay   []string
+		replayed string // the trailer the replay carries
+	}{
+		{"declared", declared, "body", []string{"Content-Type", "X-Checksum"}, "c0ffee"},
+		{"under TrailerPrefix", prefixed, long, []string{"Content-Type", "X-Checksum"}, "c0ffee"},
+		{"not in the allowlist", declared, "body", []string{"Content-Type"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, runs := srvScripted(tt.handler)
+			url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope(), WithReplayHeaders(tt.replay...))(h))
+			first, _ := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+			require.Equal(t, http.StatusCreated, first.StatusCode)
+			require.Equal(t, "c0ffee", first.Trailer.Get("X-Checksum"), "the first caller gets the trailer")
+
+			replay, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+			require.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
+			require.Equal(t, http.StatusCreated, replay.StatusCode)
+			require.Equal(t, tt.body, body)
+			require.Equal(t, int32(1), runs.Load())
+			require.Equal(t, tt.replayed, replay.Trailer.Get("X-Checksum"), "the replay's trailer")
+			require.Empty(t, replay.Header.Get("X-Checksum"), "a trailer is not replayed as a header")
+		})
+	}
+}

@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/bulwark-go/bulwark/idempotency"
@@ -36,6 +39,8 @@ type srvWriter struct {
 	capNames  []string
 	capHeader []idempotency.Field
 	capBody   []byte
+	// capTrailers are the trailer fields the header declared (Trailer).
+	capTrailers []string
 }
 
 var srvWriterPool = sync.Pool{New: func() any { return new(srvWriter) }}
@@ -89,6 +94,37 @@ func (sw *srvWriter) srvRecordHeader(code int) {
 	for _, name := range sw.capNames {
 		for _, v := range h[name] {
 			sw.capHeader = append(sw.capHeader, idempotency.Field{Name: name, Value: v})
+		}
+	}
+	for _, v := range h["Trailer"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				sw.capTrailers = append(sw.capTrailers, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+}
+
+// srvCaptureTrailers captures, once the handler has returned, the
+// allowlisted trailer fields it set: those the header declared and those
+// under http.TrailerPrefix. They are stored under http.TrailerPrefix, which
+// is how a replay sends them as trailers again.
+func (sw *srvWriter) srvCaptureTrailers() {
+	h := sw.rw.Header()
+	add := func(name string, values []string) {
+		if !slices.Contains(sw.capNames, name) {
+			return
+		}
+		for _, v := range values {
+			sw.capHeader = append(sw.capHeader, idempotency.Field{Name: http.TrailerPrefix + name, Value: v})
+		}
+	}
+	for _, name := range sw.capTrailers {
+		add(name, h[name])
+	}
+	for k, vs := range h {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			add(http.CanonicalHeaderKey(name), vs)
 		}
 	}
 }
