@@ -219,7 +219,8 @@ func (p *Permit) Release() {
 // Acquire returns a [*RejectedError] matching [ErrFull] when the limit is
 // reached and the queue is absent or full, one matching [ErrTimeout] when the
 // maximum wait elapsed, and an error wrapping ctx.Err() when ctx ended the
-// wait or was already done (or past its deadline) when a wait would begin.
+// wait or, with a queue, was already done (or past its deadline) when every
+// slot was taken, whether the queue had room or not.
 // Like golang.org/x/sync/semaphore, Acquire takes a free slot without
 // looking at ctx, so that admission costs one atomic operation; a bulkhead
 // without a queue likewise rejects with ErrFull whatever the state of ctx.

@@ -76,7 +76,9 @@ type TransportOption func(*Transport)
 // sitting in a queue; the attempt timeout likewise starts after them. The
 // bulkhead slot is held until the response body is closed or read to the
 // end: until then the request still occupies a connection. The breaker's
-// outcome is reported when the response headers arrive.
+// outcome is reported when the response headers arrive. A request that is not
+// retryable (see below) runs on the caller's context, without the attempt
+// timeout: ending it sooner would bring no retry, only an earlier error.
 //
 // # Retries
 //

@@ -34,7 +34,7 @@
 //	ResultInvalidKey   ErrInvalidKey             400 Bad Request                     InvalidArgument
 //	ResultStoreError   *StoreError (fail closed) 503 Service Unavailable             Unavailable
 //	                   nil (fail open)           run the handler unprotected         same
-//	(ReadFingerprint)  ErrBodyTooLarge           413 Content Too Large               InvalidArgument
+//	(ReadFingerprint)  ErrBodyTooLarge           413 Content Too Large               — (the message is in memory)
 //
 // The in-flight answer asks the client to come back after the error's
 // RetryHint, at most InFlightPoll (one second): by then the first request has

@@ -205,8 +205,9 @@ func (l *Local) Len() int {
 // reports the decision; it never blocks and ignores ctx. A cost of 0 reports
 // the bucket's state: it is not counted as a decision, and a key the limiter
 // does not remember reads as a full bucket without being remembered. A cost
-// above the burst returns [ErrCostExceedsLimit], a negative one
-// [ErrInvalidCost]. An allowed decision does not allocate.
+// above the burst returns [ErrCostExceedsLimit] (except with rate.Inf, which
+// allows any cost), a negative one [ErrInvalidCost]. An allowed decision does
+// not allocate.
 func (l *Local) Allow(_ context.Context, key string, cost int) (d Decision, _ error) {
 	if err := l.checkCost(cost); err != nil {
 		return l.policyOnly(), err

@@ -145,11 +145,12 @@ func WithAttemptTimeout(d time.Duration) Option {
 // attempt's error carries a [bulwark.Hint] with RetryAfter > 0, the next wait
 // is RetryAfter instead of the schedule's delay, if RetryAfter ≤ d; a longer
 // hint stops retrying at once, as NotRetryable, without drawing on the
-// budget. Waiting less than asked
-// would mostly be refused again — an open breaker's hint is the time until it
-// admits a probe, and it refuses every call before — and waiting more is
-// more than the caller accepts. Zero or less removes the limit. The default
-// is [DefaultMaxHintWait]. Hints with NoRetry always stop retrying.
+// budget. Waiting less than asked would mostly be refused again — an open
+// breaker's hint is the time until it admits a probe, and it refuses every
+// call before — and waiting more is more than the caller accepts. Zero or
+// less removes the limit. The default is [DefaultMaxHintWait]. A hint with
+// NoRetry stops retrying under [Retryable], the default classifier; a
+// [WithClassifier] decides for itself.
 func WithMaxHintWait(d time.Duration) Option {
 	return func(c *config) { c.maxHintWait = max(d, 0) }
 }
@@ -285,7 +286,7 @@ var _ bulwark.Policy = (*Policy)(nil)
 func (p *Policy) initMetrics(reg prometheus.Registerer) {
 	wait := metrics.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "bulwark_retry_wait_seconds",
-		Help:    "Waits before retries, in seconds.",
+		Help:    "Waits before retries, in seconds, as planned: a wait cut short by the caller's context counts in full.",
 		Buckets: metrics.DurationBuckets,
 	}, []string{"name"}))
 	p.wait = wait.WithLabelValues(p.name)
