@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -69,15 +70,14 @@ func (s *server) idempotent(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	stored, merr := s.encode(info.FullMethod, code, resp, herr)
 	if merr != nil || len(stored.Body) > s.maxStored {
-		// Not stored: a retry runs the handler again, rather than being told
-		// the call is in flight until the lease lapses and then running it.
-		_ = lease.Release(bg)
-		return resp, true, herr
+		// The result cannot be replayed, but the handler ran: a repeat is
+		// told so rather than running it again.
+		stored = idempotency.NotReplayable(int(code))
 	}
 	// A failure to store is not the caller's concern: the handler's effect
 	// happened and its result is returned. The key stays claimed until its
-	// lease lapses, so a retry in that time gets Aborted, not a second run;
-	// only a result the store can never hold has its key released by the
+	// lease lapses, so a retry in that time gets Aborted, not a second run; a
+	// result the store can never hold is recorded as not replayable by the
 	// Guard (idempotency.ErrResponseTooLarge).
 	_ = lease.Complete(bg, stored)
 	return resp, true, herr
@@ -114,6 +114,13 @@ func (s *server) encode(method string, code codes.Code, resp any, herr error) (i
 
 func (s *server) replay(ctx context.Context, method string, r idempotency.Response) (any, error) {
 	_ = grpc.SetHeader(ctx, metadata.Pairs(ReplayedHeader, "true"))
+	if !r.Replayable() {
+		st := status.New(codes.AlreadyExists, "grpcmw: a call with this idempotency key was already processed; its result was not stored and cannot be replayed")
+		if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: NotReplayableReason, Domain: ErrorDomain}); err == nil {
+			st = d
+		}
+		return nil, st.Err()
+	}
 	if codes.Code(r.Status) != codes.OK {
 		var sp spb.Status
 		if err := proto.Unmarshal(r.Body, &sp); err != nil {

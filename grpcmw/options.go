@@ -276,9 +276,10 @@ func WithoutIdempotencyScope() Option {
 
 // WithMaxStoredResponse bounds the result [WithIdempotency] stores for
 // replay: the response message, or the status of a failed call, in its
-// protobuf encoding. A call whose result is larger is answered but not
-// stored: its key is released, so a retry runs the handler again. Zero or
-// less means [DefaultMaxStoredResponse]. Server.
+// protobuf encoding. A call whose result is larger is answered, and only its
+// code is stored: a repeat gets AlreadyExists with the ErrorInfo of
+// [NotReplayableReason], and the handler does not run again. Zero or less
+// means [DefaultMaxStoredResponse]. Server.
 func WithMaxStoredResponse(n int) Option {
 	return func(c *config) {
 		c.maxStored = n

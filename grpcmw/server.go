@@ -43,6 +43,8 @@ type server struct {
 //	key reused, other req FailedPrecondition
 //	key missing/malformed InvalidArgument    (missing only when the Guard requires keys)
 //	idempotency store     Unavailable        (when the Guard fails closed)
+//	repeat of a result    AlreadyExists      ErrorInfo NotReplayableReason in ErrorDomain, idempotent-replayed: true
+//	  that was not stored                    (larger than WithMaxStoredResponse or the store holds)
 //
 // A call that the bulkhead queued and whose client gave up gets the status of
 // its context (Canceled or DeadlineExceeded).

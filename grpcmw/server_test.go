@@ -447,20 +447,44 @@ func TestIdempotentReplayIsNotABreakerProbe(t *testing.T) {
 	require.NotEqual(t, breaker.Closed.String(), br.State().String(), "a replay closed the breaker of a failing service")
 }
 
-// A result larger than WithMaxStoredResponse is answered and not stored: the
-// key is released, so a retry runs the handler again instead of being told
-// the call is in flight until the lease lapses.
-func TestIdempotencyResultOverTheBoundIsReleased(t *testing.T) {
-	g := idempotency.New("over-bound", idempotency.NewMemoryStore(idempotency.MemoryConfig{}))
-	svc := &service{}
-	c, _ := serve(t, "bufconn", svc, serverOpts(grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope(), grpcmw.WithMaxStoredResponse(1<<10)))
-	ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "big-1")
-	for range 2 {
-		resp, err := c.UnaryCall(ctx, payload(strings.Repeat("b", 2<<10))) // echoed: a 2 KiB response
-		require.NoError(t, err)
-		require.Len(t, resp.GetPayload().GetBody(), 2<<10)
+// A result larger than WithMaxStoredResponse, or than the store holds, is
+// answered but cannot be replayed: a repeat is told the call was processed
+// (AlreadyExists, marked) and the handler does not run again. Before, the key
+// was released, and a retry after a lost answer ran the effect twice.
+func TestIdempotencyResultNotStoredIsNotRunAgain(t *testing.T) {
+	tests := []struct {
+		name  string
+		store idempotency.Store
+		opts  []grpcmw.Option
+	}{
+		{"over WithMaxStoredResponse", idempotency.NewMemoryStore(idempotency.MemoryConfig{}),
+			[]grpcmw.Option{grpcmw.WithMaxStoredResponse(1 << 10)}},
+		{"larger than the store holds", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 1 << 10}), nil},
 	}
-	require.Equal(t, 2, svc.Ledger(), "not stored, so the retry ran again")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := idempotency.New("not-stored", tt.store)
+			svc := &service{}
+			opts := append([]grpcmw.Option{grpcmw.WithIdempotency(g), grpcmw.WithoutIdempotencyScope()}, tt.opts...)
+			c, _ := serve(t, "bufconn", svc, serverOpts(opts...))
+			ctx := metadata.AppendToOutgoingContext(context.Background(), grpcmw.IdempotencyKeyHeader, "big-1")
+			resp, err := c.UnaryCall(ctx, payload(strings.Repeat("b", 2<<10))) // echoed: a 2 KiB response
+			require.NoError(t, err)
+			require.Len(t, resp.GetPayload().GetBody(), 2<<10, "the first caller gets all of it")
+
+			var header metadata.MD
+			_, err = c.UnaryCall(ctx, payload(strings.Repeat("b", 2<<10)), grpc.Header(&header))
+			requireCode(t, codes.AlreadyExists, err)
+			st, _ := status.FromError(err)
+			require.Len(t, st.Details(), 1)
+			ei, ok := st.Details()[0].(*errdetails.ErrorInfo)
+			require.True(t, ok)
+			require.Equal(t, grpcmw.NotReplayableReason, ei.GetReason())
+			require.Equal(t, grpcmw.ErrorDomain, ei.GetDomain())
+			require.Equal(t, []string{"true"}, header.Get(grpcmw.ReplayedHeader))
+			require.Equal(t, 1, svc.Ledger(), "the handler ran once")
+		})
+	}
 }
 
 // With the defaults, a result of a few MiB is stored and replayed: the

@@ -38,6 +38,12 @@ const (
 	InFlightReason = "IDEMPOTENCY_IN_FLIGHT"
 )
 
+// NotReplayableReason is the google.rpc.ErrorInfo reason, in [ErrorDomain],
+// of the answer to a repeat of a call whose result was not stored (larger
+// than [WithMaxStoredResponse] or than the store holds): AlreadyExists, the
+// call was processed and does not run again, but its result cannot be sent.
+const NotReplayableReason = "IDEMPOTENCY_NOT_REPLAYABLE"
+
 // ReplayedHeader is the response header metadata field, set to "true", that
 // marks a result replayed from the idempotency store.
 const ReplayedHeader = "idempotent-replayed"

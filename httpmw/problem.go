@@ -37,6 +37,11 @@ const (
 	// running; Retry-After says when to ask again, and the response is
 	// marked Idempotent-In-Flight: true.
 	TypeIdempotencyInFlight = ProblemBase + "idempotency-in-flight"
+	// TypeIdempotencyNotReplayable: 409, a request with this key was
+	// already processed, but its response could not be stored (too large,
+	// streamed, or hijacked): it is not sent again, and the request does not
+	// run again. The response is marked Idempotent-Replayed: true.
+	TypeIdempotencyNotReplayable = ProblemBase + "idempotency-not-replayable"
 	// TypeIdempotencyKeyReused: 422, the key was first used for a different
 	// request (another body, method or route).
 	TypeIdempotencyKeyReused = ProblemBase + "idempotency-key-reused"

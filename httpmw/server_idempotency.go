@@ -162,16 +162,23 @@ func WithFingerprintHeaders(names ...string) Option {
 //	body too large          413 Content Too Large, TypeBodyTooLarge
 //	scope function error    403 Forbidden, TypeIdempotencyScope
 //	store down, fail closed 503, TypeIdempotencyUnavailable
+//	repeat of a response
+//	  that was not stored   409 Conflict, Idempotent-Replayed: true,
+//	                        TypeIdempotencyNotReplayable
 //
 // The response is stored with its status, the allowlisted header fields
 // ([WithReplayHeaders]; never Set-Cookie) as they stood when the header was
 // written, and its body, while it goes to the client unchanged. Whether a
 // status is stored is g's choice (idempotency.WithRemember; by default 5xx is
-// not stored). These responses are passed through and not stored, and the
-// key is released so that a retry runs the handler again: a body larger than
-// [WithMaxStoredResponse]; a handler that flushes (streaming); a hijacked
-// connection; a rejection by a bulwark middleware inside this one; and a
-// handler that panics (the panic continues after the release). The store is
+// not stored). A response that cannot be replayed — a body larger than
+// [WithMaxStoredResponse] or than the store holds, a handler that flushes
+// (streaming), a hijacked connection — goes to the client unchanged, and
+// only its status is stored ([idempotency.NotReplayable]): a repeat gets 409
+// Conflict, [TypeIdempotencyNotReplayable], marked Idempotent-Replayed: true,
+// and the handler does not run twice. The key is released, so that a retry
+// runs the handler again, after a status g does not remember, a rejection by
+// a bulwark middleware inside this one, and a handler that panics (the panic
+// continues after the release). The store is
 // written with a context that outlives the client, so a client that hangs up
 // does not leave its key locked; a failure to store is not reported to the
 // client, whose response has already been sent.
@@ -299,6 +306,15 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 		return
 	}
 	switch {
+	case out.Result == idempotency.ResultReplayed && !out.Response.Replayable():
+		w.Header().Set(srvHeaderReplayed, "true")
+		c.srvReject(w, r, Problem{
+			Type:   TypeIdempotencyNotReplayable,
+			Title:  "Response not replayable",
+			Status: http.StatusConflict,
+			Detail: "A request with this idempotency key was already processed; its response was not stored and cannot be sent again.",
+		})
+		return
 	case out.Result == idempotency.ResultReplayed:
 		srvReplay(w, out.Response)
 		return
@@ -330,8 +346,13 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 		// Nothing written: net/http sends 200 with the header as it stands.
 		sw.srvRecordHeader(http.StatusOK)
 	}
-	if sw.flushed || sw.capOver || sw.hijacked || sw.rejected {
+	if sw.rejected { // the handler did not run
 		_ = lease.Release(ctx)
+		return
+	}
+	if sw.flushed || sw.capOver || sw.hijacked {
+		// The handler ran, and a repeat must not run it again.
+		_ = lease.Finish(ctx, idempotency.NotReplayable(sw.srvStatus()))
 		return
 	}
 	sw.srvCaptureTrailers()

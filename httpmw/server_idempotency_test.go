@@ -285,57 +285,92 @@ func srvScripted(steps ...func(w http.ResponseWriter, r *http.Request)) (http.Ha
 	}), &n
 }
 
-func TestIdempotencyNotStored(t *testing.T) {
+// TestIdempotencyReleased: a status the guard does not remember leaves the
+// key free, so a retry runs the handler again.
+func TestIdempotencyReleased(t *testing.T) {
 	created := func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 		_, _ = io.WriteString(w, "created")
 	}
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "failed", http.StatusInternalServerError)
+	}, created)
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope())(h))
+	resp, _ := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
+
+	resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode, "the key was released: the retry runs")
+	require.Equal(t, "created", body)
+	require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+
+	resp, _ = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, int32(2), runs.Load())
+}
+
+// TestIdempotencyNotReplayable: a response that cannot be stored reaches its
+// client whole, and a repeat of its key is told that the request was
+// processed instead of running the handler a second time. Before, the key was
+// released, and a retry after a lost response ran the effect twice.
+func TestIdempotencyNotReplayable(t *testing.T) {
 	big := strings.Repeat("0123456789", 10)
+	huge := strings.Repeat("0123456789", 400)
 	tests := []struct {
-		name  string
-		opts  []Option
-		first func(w http.ResponseWriter, r *http.Request)
-		check func(t *testing.T, resp *http.Response, body string)
+		name   string
+		opts   []Option
+		store  idempotency.Store // nil: the default memory store
+		first  func(w http.ResponseWriter, r *http.Request)
+		status int
+		body   string
 	}{
-		{name: "5xx releases", first: func(w http.ResponseWriter, _ *http.Request) {
-			http.Error(w, "failed", http.StatusInternalServerError)
-		}, check: func(t *testing.T, resp *http.Response, _ string) {
-			require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
-		}},
-		{name: "streaming passes through", first: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "streamed", first: func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusCreated)
 			_, _ = io.WriteString(w, "part1,")
 			_ = http.NewResponseController(w).Flush()
 			_, _ = io.WriteString(w, "part2")
-		}, check: func(t *testing.T, resp *http.Response, body string) {
-			require.Equal(t, http.StatusOK, resp.StatusCode)
-			require.Equal(t, "part1,part2", body)
-		}},
-		{name: "big response passes through", opts: []Option{WithMaxStoredResponse(50)},
+		}, status: http.StatusCreated, body: "part1,part2"},
+		{name: "over WithMaxStoredResponse", opts: []Option{WithMaxStoredResponse(50)},
 			first: func(w http.ResponseWriter, _ *http.Request) {
 				_, _ = io.WriteString(w, big[:40])
 				_, _ = io.WriteString(w, big[40:])
-			}, check: func(t *testing.T, resp *http.Response, body string) {
-				require.Equal(t, http.StatusOK, resp.StatusCode)
-				require.Equal(t, big, body, "the client gets all of it")
-			}},
+			}, status: http.StatusOK, body: big},
+		{name: "larger than the store holds",
+			store: idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 1 << 10}),
+			first: func(w http.ResponseWriter, _ *http.Request) {
+				_, _ = io.WriteString(w, huge)
+			}, status: http.StatusOK, body: huge},
+		{name: "hijacked", first: func(w http.ResponseWriter, _ *http.Request) {
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			defer conn.Close()
+			_, _ = buf.WriteString("HTTP/1.1 202 Accepted\r\nContent-Length: 4\r\nConnection: close\r\n\r\ntook")
+			_ = buf.Flush()
+		}, status: http.StatusAccepted, body: "took"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, runs := srvScripted(tt.first, created)
+			h, runs := srvScripted(tt.first, func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(http.StatusTeapot) // must never run
+			})
 			opts := append([]Option{WithoutScope()}, tt.opts...)
-			url, c := srvTestServer(t, Idempotency(srvTestGuard(t), opts...)(h))
+			g := idempotency.New("httpmw-test", tt.store, idempotency.WithRegisterer(prometheus.NewPedanticRegistry()))
+			url, c := srvTestServer(t, Idempotency(g, opts...)(h))
 			resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
-			tt.check(t, resp, body)
+			require.Equal(t, tt.status, resp.StatusCode)
+			require.Equal(t, tt.body, body, "the client gets all of it")
 			require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
 
-			resp, body = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
-			require.Equal(t, http.StatusCreated, resp.StatusCode, "the key was released: the retry runs")
-			require.Equal(t, "created", body)
-			require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
-
-			resp, _ = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
-			require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
-			require.Equal(t, int32(2), runs.Load())
+			for range 2 {
+				resp, body = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+				require.Equal(t, http.StatusConflict, resp.StatusCode, body)
+				require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+				require.Empty(t, resp.Header.Get("Idempotent-In-Flight"), "not an answer to wait for")
+				require.Contains(t, body, TypeIdempotencyNotReplayable)
+			}
+			require.Equal(t, int32(1), runs.Load(), "the handler ran once")
 		})
 	}
 }

@@ -26,6 +26,8 @@
 //	ResultNew          nil                       run the handler, then Lease.Finish  same
 //	ResultReplayed     nil                       stored response,                    stored response,
 //	                                             plus Idempotent-Replayed: true      plus metadata idempotent-replayed: true
+//	  (NotReplayable)  nil                       409 Conflict,                       AlreadyExists,
+//	                                             plus Idempotent-Replayed: true      marked with an ErrorInfo
 //	ResultInFlight     *InFlightError            409 Conflict + Retry-After,         Aborted + RetryInfo, pushback,
 //	                                             marked Idempotent-In-Flight: true   marked with an ErrorInfo
 //	ResultMismatch     ErrMismatch               422 Unprocessable Content           FailedPrecondition

@@ -171,7 +171,9 @@ const (
 	// ResultNew: the key was claimed; run the handler, then Lease.Finish.
 	ResultNew Result = iota + 1
 	// ResultReplayed: the request completed before; answer with
-	// Outcome.Response, marked as a replay.
+	// Outcome.Response, marked as a replay, or, when that is only the
+	// record that there was one ([Response.Replayable] is false), with
+	// "already processed, response not replayable".
 	ResultReplayed
 	// ResultInFlight: another request with the key is running.
 	ResultInFlight
@@ -291,7 +293,10 @@ func (g *Guard) Begin(ctx context.Context, req Request) (Outcome, error) {
 // and the error or panic is passed on. Otherwise the response is finished
 // with Lease.Finish, under a context that ignores ctx's cancellation (the
 // store timeout still bounds it); a failure to store it is returned as the
-// error next to the valid response, since fn's effect has happened.
+// error next to the valid response, since fn's effect has happened. A
+// response the store can never hold is remembered as [NotReplayable]: a
+// replay then returns that record, with Replayable false, and fn does not
+// run again.
 //
 // Do does not make a Guard a bulwark.Policy: the protocol needs the request
 // and the response, which Policy.Do does not carry.
@@ -405,20 +410,32 @@ func (l *Lease) Finish(ctx context.Context, resp Response) error {
 // or a *StoreError if the store failed (the key stays in flight until the
 // lease lapses).
 //
-// When the store can never hold resp (ErrResponseTooLarge), Complete
-// releases the key, so that a retry runs the request again rather than
-// being told it is in flight until the lease lapses, and returns a
-// *StoreError wrapping ErrResponseTooLarge; if the release fails too, the
-// release's error is joined to it and the key stays in flight until the
-// lease lapses.
+// When the store can never hold resp (ErrResponseTooLarge), Complete stores
+// [NotReplayable](resp.Status) instead, so that a repeat is told the request
+// was processed rather than running it again, and returns a *StoreError
+// wrapping ErrResponseTooLarge. If the store cannot hold even that record,
+// the key is released, and if that fails too its error is joined and the key
+// stays in flight until the lease lapses.
 func (l *Lease) Complete(ctx context.Context, resp Response) error {
 	if !l.stop() {
 		return errLeaseFinished
 	}
 	g := l.g
-	err := g.op(ctx, g.m.complete, "complete", func(ctx context.Context) error {
-		return g.store.Complete(ctx, l.key, l.owner, resp, g.cfg.retention)
-	})
+	complete := func(resp Response) error {
+		return g.op(ctx, g.m.complete, "complete", func(ctx context.Context) error {
+			return g.store.Complete(ctx, l.key, l.owner, resp, g.cfg.retention)
+		})
+	}
+	err := complete(resp)
+	if errors.Is(err, ErrResponseTooLarge) && resp.Replayable() {
+		err2 := complete(NotReplayable(resp.Status))
+		if err2 == nil {
+			return err
+		}
+		if !errors.Is(err2, ErrResponseTooLarge) {
+			return errors.Join(err, err2)
+		}
+	}
 	if errors.Is(err, ErrResponseTooLarge) {
 		if rerr := l.release(ctx); rerr != nil {
 			return errors.Join(err, rerr)

@@ -350,10 +350,11 @@ func TestGuardStoresLargeResponse(t *testing.T) {
 	require.Equal(t, 1, runs)
 }
 
-// TestGuardReleasesTooLargeResponse: a response the store can never hold is
-// reported, and its key released, so that a retry runs the request again at
-// once instead of being told for the whole lease that it is in flight.
-func TestGuardReleasesTooLargeResponse(t *testing.T) {
+// TestGuardTooLargeResponseIsNotRunAgain: a response the store can never
+// hold is reported, and its key completed with a NotReplayable record, so
+// that a retry is told at once that the request was processed: it is neither
+// run a second time nor told for the whole lease that it is in flight.
+func TestGuardTooLargeResponseIsNotRunAgain(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
 	reg := prometheus.NewPedanticRegistry()
 	g := idempotency.New("big", idempotency.NewMemoryStore(idempotency.MemoryConfig{MaxBytes: 64 << 10, Clock: clk}),
@@ -363,22 +364,27 @@ func TestGuardReleasesTooLargeResponse(t *testing.T) {
 		runs++
 		return idempotency.Response{Status: 200, Body: make([]byte, 100<<10)}, nil
 	}
-	for range 2 {
-		resp, out, err := g.Do(bg, req("k", "a"), fn)
-		require.Equal(t, idempotency.ResultNew, out.Result, "the retry runs again")
-		require.Len(t, resp.Body, 100<<10, "the caller still gets the response")
-		require.ErrorIs(t, err, idempotency.ErrResponseTooLarge)
-		var se *idempotency.StoreError
-		require.ErrorAs(t, err, &se)
-		require.Equal(t, "complete", se.Op)
-	}
-	require.Equal(t, 2, runs)
+	resp, out, err := g.Do(bg, req("k", "a"), fn)
+	require.Equal(t, idempotency.ResultNew, out.Result)
+	require.Len(t, resp.Body, 100<<10, "the caller still gets the response")
+	require.ErrorIs(t, err, idempotency.ErrResponseTooLarge)
+	var se *idempotency.StoreError
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, "complete", se.Op)
+
+	resp, out, err = g.Do(bg, req("k", "a"), fn)
+	require.NoError(t, err)
+	require.Equal(t, idempotency.ResultReplayed, out.Result, "the retry is not run again")
+	require.False(t, resp.Replayable())
+	require.Equal(t, 200, resp.Status)
+	require.Equal(t, 1, runs)
 	requireNoStoreErrors(t, reg, "big") // the store did not fail
 
-	// When the release fails too, both errors are reported.
+	// When the store cannot hold even the record, the key is released; when
+	// the release fails too, both errors are reported.
 	store := scriptedStore{complete: idempotency.ErrResponseTooLarge, release: errors.New("connection reset")}
 	g = idempotency.New("big", store, idempotency.WithClock(clk))
-	out, err := g.Begin(bg, req("k", "a"))
+	out, err = g.Begin(bg, req("k", "a"))
 	require.NoError(t, err)
 	err = out.Lease.Complete(bg, idempotency.Response{Status: 200})
 	require.ErrorIs(t, err, idempotency.ErrResponseTooLarge)

@@ -25,6 +25,28 @@ type Response struct {
 	Body []byte
 }
 
+// notReplayable names the one header field of a [NotReplayable] record. No
+// HTTP field or gRPC metadata key can start with a colon, so no stored
+// response is mistaken for one.
+const notReplayable = ":not-replayable"
+
+// NotReplayable returns the record of a response that reached its client but
+// cannot be stored for replay: larger than the adapter or the store keeps,
+// streamed, or sent over a connection the handler took over. It keeps the
+// status only. Completing a lease with it keeps the request from running a
+// second time: a repeat of its key gets [ResultReplayed] with this record,
+// which the adapters answer with "already processed, response not
+// replayable" (HTTP 409, gRPC AlreadyExists) rather than the response.
+func NotReplayable(status int) Response {
+	return Response{Status: status, Header: []Field{{Name: notReplayable}}}
+}
+
+// Replayable reports whether r holds a response to replay, not only the
+// [NotReplayable] record that there was one.
+func (r *Response) Replayable() bool {
+	return len(r.Header) != 1 || r.Header[0].Name != notReplayable
+}
+
 // Size returns the number of bytes the response's fields occupy: header
 // names and values plus the body. Stores use it for their byte limits.
 func (r *Response) Size() int {

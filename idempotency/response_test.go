@@ -73,3 +73,22 @@ func FuzzResponseCodec(f *testing.F) {
 		require.Equal(t, d, d2)
 	})
 }
+
+func TestNotReplayable(t *testing.T) {
+	r := idempotency.NotReplayable(201)
+	require.False(t, r.Replayable())
+	require.Equal(t, 201, r.Status)
+	b, err := r.AppendBinary(nil)
+	require.NoError(t, err)
+	var got idempotency.Response
+	require.NoError(t, got.UnmarshalBinary(b))
+	require.False(t, got.Replayable(), "the mark survives the store's encoding")
+
+	for _, r := range []idempotency.Response{
+		{Status: 200},
+		{Status: 200, Header: []idempotency.Field{{Name: "Content-Type", Value: "text/plain"}}},
+		{Status: 200, Header: []idempotency.Field{{Name: ":not-replayable"}, {Name: "Etag", Value: `"x"`}}},
+	} {
+		require.True(t, r.Replayable(), "%+v", r)
+	}
+}
