@@ -414,8 +414,8 @@ func (l *Lease) Finish(ctx context.Context, resp Response) error {
 // [NotReplayable](resp.Status) instead, so that a repeat is told the request
 // was processed rather than running it again, and returns a *StoreError
 // wrapping ErrResponseTooLarge. If the store cannot hold even that record,
-// the key is released, and if that fails too its error is joined and the key
-// stays in flight until the lease lapses.
+// the key is released; if storing the record or the release fails, that
+// error is joined to it and the key stays in flight until the lease lapses.
 func (l *Lease) Complete(ctx context.Context, resp Response) error {
 	if !l.stop() {
 		return errLeaseFinished

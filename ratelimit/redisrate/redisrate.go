@@ -223,8 +223,8 @@ func (l *Limiter) Name() string { return l.name }
 // Allow takes cost units from key's shared quota if it holds them now and
 // reports the decision, in one round trip to Redis. A cost of 0 reports the
 // state without writing and is not counted as a decision; a denied request
-// writes nothing. A cost above the
-// burst returns [ratelimit.ErrCostExceedsLimit] and a negative one
+// writes nothing. A cost above the burst returns
+// [ratelimit.ErrCostExceedsLimit] and a negative one
 // [ratelimit.ErrInvalidCost], without I/O, whatever the [FailureMode]. When
 // Redis fails or does not answer within the timeout, the FailureMode decides
 // (a fallback never refuses a cost within this burst for good; see
