@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -55,8 +56,10 @@ func newClient(opts []Option) *client {
 // the breaker ([WithBreaker], [WithBreakers]) before it reaches the network.
 //
 // Retries: an attempt is retried when its code is retryable
-// ([WithRetryableCodes]; Unavailable and ResourceExhausted by default), when
-// the policy's per-attempt timeout ended it, or when a call with an
+// ([WithRetryableCodes]; Unavailable and ResourceExhausted by default, the
+// latter only with a server's hint), when the policy's per-attempt timeout
+// ended it (a DeadlineExceeded that comes well before the attempt's deadline
+// is the server's own, and is not retried), or when a call with an
 // idempotency key is told that the first call with that key still runs
 // (Aborted marked with the ErrorInfo of [InFlightReason], as [WithIdempotency]
 // answers; often the retry of an attempt that timed out), and the policy
@@ -151,7 +154,15 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hint, inFlight bool) error {
 	code := codeOf(err)
 	switch {
-	case c.retryable.has(code), inFlight:
+	case inFlight:
+	case code == codes.ResourceExhausted && hint == nil && !isLocal(err):
+		// grpc-go makes this code by itself for a message over
+		// MaxCallSendMsgSize or MaxCallRecvMsgSize, which no retry fixes
+		// and, for a response, after the server has acted on the request.
+		// A server that refuses for want of resources says when to come
+		// back (RetryInfo or pushback, as this package's do).
+		return bulwark.Permanent(err)
+	case c.retryable.has(code):
 	case code == codes.DeadlineExceeded && attemptTimedOut(ctx, actx):
 		// The policy's per-attempt timeout ended the attempt; the call goes on.
 		return err
@@ -164,11 +175,21 @@ func (c *client) classify(ctx, actx context.Context, err error, hint *bulwark.Hi
 	return err
 }
 
-// attemptTimedOut reports whether a DeadlineExceeded attempt ran under the
-// policy's per-attempt deadline rather than the caller's. The status may
-// arrive from the server (which enforces grpc-timeout) a moment before the
-// client's own timer expires actx, so the deadlines are compared, not the
-// contexts' errors.
+// isLocal reports whether err is a refusal of this package's client
+// interceptors (limiter, bulkhead, breaker), not an attempt's status.
+func isLocal(err error) bool {
+	var le *localError
+	return errors.As(err, &le)
+}
+
+// attemptTimedOut reports whether a DeadlineExceeded attempt ran out of the
+// policy's per-attempt time rather than the caller's: the attempt's deadline
+// comes before the caller's and has passed, or is at most
+// attemptDeadlineSlack away. The status may arrive from the server (which
+// enforces grpc-timeout) a moment before the client's own timer expires
+// actx; a DeadlineExceeded that comes sooner is the server's own (a
+// downstream call of the handler timing out), not the attempt's, and is not
+// retried.
 func attemptTimedOut(ctx, actx context.Context) bool {
 	if actx == ctx || ctx.Err() != nil {
 		return false
@@ -177,9 +198,15 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 	if !ok {
 		return false
 	}
-	dl, ok := ctx.Deadline()
-	return !ok || adl.Before(dl)
+	if dl, ok := ctx.Deadline(); ok && !adl.Before(dl) {
+		return false
+	}
+	return actx.Err() != nil || time.Until(adl) <= attemptDeadlineSlack
 }
+
+// attemptDeadlineSlack is how long before an attempt's deadline a
+// DeadlineExceeded still counts as the attempt timing out.
+const attemptDeadlineSlack = 20 * time.Millisecond
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
 // With a capture state it also reads the server's retry hint from the

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/bulwark-go/bulwark"
 	"github.com/bulwark-go/bulwark/breaker"
@@ -47,7 +48,8 @@ import (
 //   - the stream ending cleanly (RecvMsg returned io.EOF);
 //   - response headers received (Header returned non-nil metadata);
 //   - the messages sent so far exceeding the replay buffer
-//     ([WithStreamBuffer]), since they could no longer be replayed;
+//     ([WithStreamBuffer]; client- and bidi-streaming calls), since they
+//     could no longer be replayed;
 //   - a failure that is not retried (a non-retryable code, attempts, budget
 //     or deadline exhausted).
 //
@@ -298,22 +300,38 @@ func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 
 // Header waits for the response headers; headers received commit the stream
 // to the attempt they came from, unless RecvMsg has replaced that attempt
-// since (Header then waits for a replacement in progress). An error ends a
-// stream that will not be retried, as grpc-go's does.
+// since. When the attempt ended without headers (trailers-only) and the
+// stream may still be retried, Header makes the retry decision RecvMsg would
+// make, as grpc-go's own Header does, and returns the next attempt's headers;
+// when the stream is not retried it returns nil, nil and RecvMsg returns the
+// status. An error ends a stream that will not be retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
-	s := rs.current()
-	md, err := s.Header()
-	switch {
-	case md != nil && !rs.committed.Load():
-		rs.retryMu.Lock()
-		if rs.current() == s {
-			rs.commit()
+	for {
+		s := rs.current()
+		md, err := s.Header()
+		switch {
+		case md == nil && err == nil && rs.retrying && !rs.committed.Load():
+			// No message can follow a trailers-only end: RecvMsg returns
+			// the attempt's status without touching its argument.
+			rerr := s.RecvMsg(new(emptypb.Empty))
+			if rerr == nil || rerr == io.EOF {
+				return nil, nil // not retried; RecvMsg tells the rest
+			}
+			if rs.failed(s, rerr) != nil {
+				return nil, nil // the stream ended: RecvMsg returns the status
+			}
+			continue
+		case md != nil && !rs.committed.Load():
+			rs.retryMu.Lock()
+			if rs.current() == s {
+				rs.commit()
+			}
+			rs.retryMu.Unlock()
+		case err != nil && (!rs.retrying || rs.committed.Load()):
+			rs.end(err)
 		}
-		rs.retryMu.Unlock()
-	case err != nil && (!rs.retrying || rs.committed.Load()):
-		rs.end(err)
+		return md, err
 	}
-	return md, err
 }
 
 // SendMsg sends m on the current attempt and keeps it for a replay while the
@@ -336,7 +354,9 @@ func (rs *retryStream) SendMsg(m any) error {
 		if pm, ok := m.(proto.Message); ok {
 			size = proto.Size(pm)
 		}
-		if len(rs.sent) >= rs.c.streamMsgs || rs.sentBytes+size > rs.c.streamBytes {
+		// A server-streaming call's one request is kept whatever its size:
+		// the caller holds it anyway, and it is all a replay needs.
+		if rs.desc.ClientStreams && (len(rs.sent) >= rs.c.streamMsgs || rs.sentBytes+size > rs.c.streamBytes) {
 			rs.overflow, rs.sent, rs.sentBytes, kept = true, nil, 0, false
 		} else {
 			rs.sent = append(rs.sent, m)
@@ -418,6 +438,9 @@ func (rs *retryStream) failed(s grpc.ClientStream, err error) error {
 	if rs.committed.Load() { // by Header, since s.RecvMsg returned
 		rs.received(err)
 		return err
+	}
+	if rs.current() != s {
+		return nil // Header or RecvMsg has already replaced s
 	}
 	rs.report(err)
 	if !rs.retrying || !rs.replayable() {

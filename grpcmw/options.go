@@ -333,10 +333,15 @@ func WithRetry(p *retry.Policy) Option {
 
 // WithRetryableCodes sets the codes a client retries. The default is
 // Unavailable and ResourceExhausted: the codes a server answers without having
-// acted on the request. Add others (Aborted, DeadlineExceeded) only for
-// methods that are idempotent or carry an idempotency key. The in-flight
-// answer of [WithIdempotency] is retried whatever the codes: it is not a
-// result (see [WithRetry]). Client.
+// acted on the request. ResourceExhausted is retried only when the server says
+// when to come back (a RetryInfo detail or the pushback trailer, as this
+// package's server interceptors send), or when this package's own client
+// limiter or bulkhead refused the attempt: grpc-go answers it by itself to a
+// message over MaxCallSendMsgSize or MaxCallRecvMsgSize, which no retry fixes,
+// and for a response only after the server has acted. Add other codes
+// (Aborted, DeadlineExceeded) only for methods that are idempotent or carry an
+// idempotency key. The in-flight answer of [WithIdempotency] is retried
+// whatever the codes: it is not a result (see [WithRetry]). Client.
 func WithRetryableCodes(cs ...codes.Code) Option {
 	return func(c *config) { c.retryable = setOf(cs...) }
 }
@@ -352,8 +357,9 @@ func WithIdempotencyKeys() Option {
 }
 
 // WithStreamBuffer bounds what a client stream keeps for replay: at most
-// msgs messages and bytes bytes (as proto.Size counts them). A stream that has
-// sent more is no longer retried. Defaults: [DefaultStreamBufferMessages] and
+// msgs messages and bytes bytes (as proto.Size counts them). A client- or
+// bidi-streaming call that has sent more is no longer retried; a
+// server-streaming call's one request is kept whatever its size. Defaults: [DefaultStreamBufferMessages] and
 // [DefaultStreamBufferBytes]. Client.
 func WithStreamBuffer(msgs, bytes int) Option {
 	return func(c *config) { c.streamMsgs, c.streamBytes = msgs, bytes }

@@ -1,0 +1,215 @@
+package grpcmw_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/bulwark-go/bulwark/clock"
+	"github.com/bulwark-go/bulwark/grpcmw"
+	"github.com/bulwark-go/bulwark/retry"
+)
+
+// headerOnRetry fails its first server-streaming call trailers-only with
+// Unavailable; later calls send headers and one message.
+type headerOnRetry struct {
+	testpb.UnimplementedTestServiceServer
+	calls int
+}
+
+func (h *headerOnRetry) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
+	h.calls++ // one call at a time in this test
+	if h.calls == 1 {
+		return status.Error(codes.Unavailable, "restarting")
+	}
+	if err := ss.SendHeader(metadata.Pairs("x-attempt", "2")); err != nil {
+		return err
+	}
+	return ss.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: []byte("ok")}})
+}
+
+// Header called before RecvMsg, on a stream whose first attempt fails
+// trailers-only, makes the retry decision, as grpc-go's Header does, and
+// returns the next attempt's headers. It used to return (nil, nil) — "the
+// stream ended without headers" — although RecvMsg then retried the stream,
+// and the caller never saw the headers of the attempt whose messages it got.
+func TestStreamHeaderBeforeRecvAcrossRetry(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	c, _ := serve(t, "bufconn", &headerOnRetry{}, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+
+	// The usual order: read the headers, then the messages. Header makes
+	// the retry decision and waits as the policy says.
+	hc := make(chan metadata.MD, 1)
+	go func() {
+		md, err := st.Header()
+		assert.NoError(t, err)
+		hc <- md
+	}()
+	timers := waitTimers(clk)
+	select {
+	case md := <-hc:
+		clk.NewTimer(time.Hour) // lets waitTimers end
+		<-timers
+		require.Failf(t, "Header returned before the retry", "headers %v", md)
+	case <-timers:
+		clk.Advance(time.Second)
+	}
+	md := <-hc
+	require.Equal(t, []string{"2"}, md.Get("x-attempt"), "the headers of the attempt whose messages the caller gets")
+	got, err := recvAll(st)
+	require.NoError(t, err, "the stream was retried")
+	require.Equal(t, []string{"ok"}, got)
+}
+
+// A server-streaming call's single request is always replayable, as the
+// StreamClientInterceptor doc says: a request larger than the replay buffer
+// (DefaultStreamBufferBytes, 256 KiB) used to overflow it, and the call was
+// never retried.
+func TestServerStreamingLargeRequestIsReplayable(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &service{stream: func(n int, send func(string) error) error {
+		if n == 1 {
+			return status.Error(codes.Unavailable, "restarting")
+		}
+		return send("ok")
+	}}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	big := &testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: make([]byte, grpcmw.DefaultStreamBufferBytes+1)}}
+	st, err := c.StreamingOutputCall(context.Background(), big)
+	require.NoError(t, err)
+	type res struct {
+		got []string
+		err error
+	}
+	rc := make(chan res, 1)
+	go func() {
+		got, err := recvAll(st)
+		rc <- res{got, err}
+	}()
+	var r res
+	timers := waitTimers(clk)
+	select {
+	case r = <-rc: // not retried: no wait at all
+		clk.NewTimer(time.Hour) // lets waitTimers end
+	case <-timers:
+		clk.Advance(time.Second)
+		r = <-rc
+	}
+	<-timers
+	require.NoError(t, r.err, "the single request of a server-streaming call was not replayed")
+	require.Equal(t, []string{"ok"}, r.got)
+	require.Equal(t, 2, svc.Calls())
+}
+
+// waitTimers closes the returned channel once clk has a timer.
+func waitTimers(clk *clock.Fake) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		clk.WaitForTimers(1)
+		close(ch)
+	}()
+	return ch
+}
+
+// drive advances clk past every wait the code under test starts until done
+// yields, and returns what it yielded.
+func drive[T any](clk *clock.Fake, done <-chan T) T {
+	for {
+		timers := waitTimers(clk)
+		select {
+		case v := <-done:
+			clk.NewTimer(time.Hour) // lets waitTimers end
+			<-timers
+			return v
+		case <-timers:
+			clk.Advance(time.Second)
+		}
+	}
+}
+
+// A response larger than the client's MaxCallRecvMsgSize fails on the
+// client with a ResourceExhausted that grpc-go makes itself, after the server
+// ran the handler and answered. It carries no hint of a server's, and is not
+// retried: it used to be, as ResourceExhausted is retryable by default, and
+// every retry repeated the handler's effect and could never succeed.
+func TestUnaryResponseTooLargeIsNotRetried(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &service{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	var attempts int
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.UnaryCall(context.Background(), payload(string(bytes.Repeat([]byte{'x'}, 1024))),
+			grpc.MaxCallRecvMsgSize(100), grpcmw.ReportAttempts(&attempts))
+		done <- err
+	}()
+	err := drive(clk, done)
+	requireCode(t, codes.ResourceExhausted, err)
+	t.Logf("err %v; attempts %d; handler effects %d", err, attempts, svc.Ledger())
+	require.Equal(t, 1, svc.Ledger(), "the server's handler ran (and took effect) %d times for one call", svc.Ledger())
+	require.Equal(t, 1, attempts)
+}
+
+// The same on a stream: the first response message is larger than the
+// client accepts, so RecvMsg fails "before any response message" as far as
+// the interceptor knows; the server-streaming call used to be run again.
+func TestStreamResponseTooLargeIsNotRetried(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &service{stream: func(_ int, send func(string) error) error {
+		return send(string(bytes.Repeat([]byte{'x'}, 1024)))
+	}}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	var attempts int
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{},
+		grpc.MaxCallRecvMsgSize(100), grpcmw.ReportAttempts(&attempts))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := recvAll(st)
+		done <- err
+	}()
+	err = drive(clk, done)
+	requireCode(t, codes.ResourceExhausted, err)
+	require.Equal(t, 1, svc.Calls(), "a stream whose response message arrived was run again")
+	require.Equal(t, 1, attempts)
+}
+
+// WithRetry retries DeadlineExceeded only when the policy's per-attempt
+// timeout ended it. attemptTimedOut used to compare deadlines only, so under
+// any per-attempt timeout shorter than the caller's deadline every
+// DeadlineExceeded the server answered — here at once, the handler's own
+// downstream call timing out — was retried as if the attempt had timed out,
+// though DeadlineExceeded is not a retryable code and the handler may have
+// acted.
+func TestServerDeadlineExceededIsNotAnAttemptTimeout(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &service{unary: func(_ context.Context, n int, _ *testpb.SimpleRequest) error {
+		if n == 1 {
+			return status.Error(codes.DeadlineExceeded, "the database did not answer in time")
+		}
+		return nil
+	}}
+	p := newRetry(clk, retry.WithAttemptTimeout(time.Minute))
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(p))...)
+	var attempts int
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.UnaryCall(context.Background(), payload("a"), grpcmw.ReportAttempts(&attempts))
+		done <- err
+	}()
+	err := drive(clk, done)
+	require.Equal(t, 1, svc.Calls(), "a DeadlineExceeded of the server's own, 1 minute before the attempt's deadline, was retried")
+	requireCode(t, codes.DeadlineExceeded, err)
+	require.Equal(t, 1, attempts)
+}
