@@ -177,8 +177,11 @@ func WithFingerprintHeaders(names ...string) Option {
 // Conflict, [TypeIdempotencyNotReplayable], marked Idempotent-Replayed: true,
 // and the handler does not run twice. The key is released, so that a retry
 // runs the handler again, after a status g does not remember, a rejection by
-// a bulwark middleware inside this one, and a handler that panics (the panic
-// continues after the release). The store is
+// a bulwark middleware inside this one, and a handler that panics before any
+// of its response was flushed (the panic continues after the release; one
+// after a flush, such as http.ErrAbortHandler, is recorded as not
+// replayable). The status of a hijacked connection is not known, and it is
+// recorded as not replayable whatever the handler wrote. The store is
 // written with a context that outlives the client, so a client that hangs up
 // does not leave its key locked; a failure to store is not reported to the
 // client, whose response has already been sent.
@@ -335,8 +338,16 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 	lease := out.Lease
 	done := false
 	defer func() {
-		if !done {
-			// A panic unwinds through here and continues afterwards.
+		switch {
+		case done:
+		case sw.flushed || sw.hijacked:
+			// A panic after part of the response went out, such as
+			// http.ErrAbortHandler from a ReverseProxy whose client left
+			// mid-stream: the handler ran, and a repeat must not run it
+			// again. The panic continues afterwards.
+			_ = lease.Finish(ctx, idempotency.NotReplayable(sw.srvStatus()))
+		default:
+			// Nothing reached the client: let a retry run the handler.
 			_ = lease.Release(ctx)
 		}
 	}()
@@ -451,6 +462,9 @@ func srvReplay(w http.ResponseWriter, resp idempotency.Response) {
 	w.WriteHeader(resp.Status)
 	if len(resp.Body) > 0 && srvBodyAllowed(resp.Status) {
 		_, _ = w.Write(resp.Body)
+	}
+	for _, f := range trailers {
+		h.Del(f.Name) // a value stored as a header field too went out already
 	}
 	for _, f := range trailers {
 		h.Add(f.Name, f.Value)

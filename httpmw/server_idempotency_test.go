@@ -357,11 +357,19 @@ func TestIdempotencyNotReplayable(t *testing.T) {
 			})
 			opts := append([]Option{WithoutScope()}, tt.opts...)
 			g := idempotency.New("httpmw-test", tt.store, idempotency.WithRegisterer(prometheus.NewPedanticRegistry()))
-			url, c := srvTestServer(t, Idempotency(g, opts...)(h))
+			mw := Idempotency(g, opts...)(h)
+			served := make(chan struct{}, 3)
+			url, c := srvTestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer func() { served <- struct{}{} }()
+				mw.ServeHTTP(w, r)
+			}))
 			resp, body := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
 			require.Equal(t, tt.status, resp.StatusCode)
 			require.Equal(t, tt.body, body, "the client gets all of it")
 			require.Empty(t, resp.Header.Get("Idempotent-Replayed"))
+			// A hijacked response reaches the client before the handler
+			// returns: the repeat waits for what the first one stored.
+			<-served
 
 			for range 2 {
 				resp, body = srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
@@ -630,4 +638,30 @@ func TestIdempotencyReplayKeepsTrailers(t *testing.T) {
 			require.Empty(t, replay.Header.Get("X-Checksum"), "a trailer is not replayed as a header")
 		})
 	}
+}
+
+// TestIdempotencyReplayedTrailerIsNotDoubled: a declared trailer whose field also
+// had a value when the header went out (or a response whose header went out
+// only when the handler returned) is stored twice, once as a header and once
+// under http.TrailerPrefix. srvReplay added the header value, then the
+// trailer value to the same key after the body, so net/http sent both as the
+// trailer: the replay's trailer was [early late] where the first caller got
+// [late].
+func TestIdempotencyReplayedTrailerIsNotDoubled(t *testing.T) {
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Trailer", "X-Checksum")
+		w.Header().Set("X-Checksum", "early")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("X-Checksum", "late")
+	})
+	url, c := srvTestServer(t, Idempotency(srvTestGuard(t), WithoutScope(), WithReplayHeaders("X-Checksum"))(h))
+	first, _ := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, []string{"late"}, first.Trailer.Values("X-Checksum"))
+
+	replay, _ := srvDo(t, c, http.MethodPost, url, "a", srvKeyHeader("k"))
+	require.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, int32(1), runs.Load())
+	require.Equal(t, first.Header.Values("X-Checksum"), replay.Header.Values("X-Checksum"), "the header")
+	require.Equal(t, first.Trailer.Values("X-Checksum"), replay.Trailer.Values("X-Checksum"), "the trailer")
 }

@@ -175,8 +175,8 @@ func (sw *srvWriter) Flush() { _ = sw.FlushError() }
 
 // FlushError flushes through the first writer down the Unwrap chain that can,
 // and returns http.ErrNotSupported, changing nothing, when none can. A
-// flushed response is streaming: the Idempotency middleware does not store
-// it.
+// flushed response is streaming: the Idempotency middleware stores only its
+// status (idempotency.NotReplayable).
 func (sw *srvWriter) FlushError() error {
 	rw := sw.rw
 	for {

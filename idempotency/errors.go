@@ -36,8 +36,9 @@ var (
 	ErrStoreFull = errors.New("idempotency: memory store full")
 	// ErrResponseTooLarge: the response is larger than the store can ever
 	// hold, however empty (for MemoryStore, EntryOverhead plus the
-	// response's encoding exceed MaxBytes). Lease.Complete then releases
-	// the key, so that a retry runs the request again.
+	// response's encoding exceed MaxBytes). Lease.Complete then stores
+	// NotReplayable(status) instead, so that a retry is told the request was
+	// processed rather than running it again.
 	ErrResponseTooLarge = errors.New("idempotency: response too large to store")
 )
 
