@@ -173,6 +173,11 @@ type Limiter struct {
 	store                         prometheus.Observer
 }
 
+// maxWindowMicros is the longest window the script handles: Redis's Lua
+// numbers are doubles, exact for integers up to 2⁵³, and the script adds the
+// window to the time in µs since 1970, which 2⁵² leaves room for until 2112.
+const maxWindowMicros = 1 << 52
+
 // New returns a limiter named name (the metric label and part of every key)
 // that keeps its state in Redis through rdb — a *redis.Client,
 // *redis.ClusterClient or *redis.Ring, built with ContextTimeoutEnabled (see
@@ -180,13 +185,18 @@ type Limiter struct {
 // with bursts of up to burst.
 //
 // The time per unit, 1/r, is kept in whole microseconds (rounded to the
-// nearest), so r may be at most 1,000,000 per second. New panics on a rate
-// outside (0, 1e6] or a burst below 1: configuration mistakes, caught before
-// any request. It does no I/O; the script is sent to Redis by the first
+// nearest), so r may be at most 1,000,000 per second, and the script does its
+// arithmetic in Redis's Lua numbers, exact up to 2⁵³ µs since 1970, so the
+// window (burst/r) may be at most 2⁵² µs, about 142 years. New panics on a rate or window
+// outside these bounds, or a burst below 1: configuration mistakes, caught
+// before any request. It does no I/O; the script is sent to Redis by the first
 // decision that finds it missing.
 func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts ...Option) *Limiter {
 	if !(r > 0 && r <= 1e6) || burst < 1 {
 		panic(fmt.Sprintf("redisrate: New(%q): rate %v must be in (0, 1e6] and burst %d positive", name, r, burst))
+	}
+	if window := math.Round(1e6/float64(r)) * float64(burst); window > maxWindowMicros {
+		panic(fmt.Sprintf("redisrate: New(%q): a burst of %d at rate %v is a window of %.0f µs, over the 2⁵² µs the script computes exactly", name, burst, r, window))
 	}
 	if rdb == nil {
 		panic(fmt.Sprintf("redisrate: New(%q): nil Redis client", name))
@@ -203,9 +213,9 @@ func New(name string, rdb redis.UniversalClient, r rate.Limit, burst int, opts .
 		script:      script,
 		shaArg:      script.Hash(),
 		burst:       burst,
-		interval:    micros(us, 1),
+		interval:    time.Duration(us) * time.Microsecond,
 		policy:      c.policy,
-		window:      micros(us, int64(burst)),
+		window:      time.Duration(us*int64(burst)) * time.Microsecond,
 		head:        c.prefix + name + ":",
 		timeout:     c.timeout,
 		mode:        c.mode,
@@ -310,8 +320,8 @@ func (l *Limiter) parse(reply []any) (ratelimit.Decision, error) {
 	}
 	d := l.policyOnly(v[0] == 1)
 	d.Remaining = int(max(v[1], 0))
-	d.Reset = micros(max(v[2], 0), 1)
-	d.RetryAfter = micros(max(v[3], 0), 1)
+	d.Reset = time.Duration(v[2]) * time.Microsecond
+	d.RetryAfter = time.Duration(v[3]) * time.Microsecond
 	return d, nil
 }
 
@@ -358,19 +368,8 @@ func (l *Limiter) fail(ctx context.Context, key string, cost int, err error) (ra
 func (l *Limiter) drained(cost int) ratelimit.Decision {
 	d := l.policyOnly(false)
 	d.Reset = l.window
-	d.RetryAfter = micros(int64(l.interval/time.Microsecond), int64(cost))
+	d.RetryAfter = time.Duration(cost) * l.interval
 	return d
-}
-
-// micros returns us×n microseconds as a Duration, or the longest Duration
-// when that is longer (a window of over 292 years), instead of wrapping
-// around to a negative one. us and n are not negative.
-func micros(us, n int64) time.Duration {
-	const most = math.MaxInt64 / int64(time.Microsecond)
-	if n != 0 && us > most/n {
-		return time.Duration(math.MaxInt64)
-	}
-	return time.Duration(us*n) * time.Microsecond
 }
 
 func (l *Limiter) policyOnly(allowed bool) ratelimit.Decision {

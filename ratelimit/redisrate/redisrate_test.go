@@ -659,23 +659,29 @@ func TestMetricsLetTheLimiterGo(t *testing.T) {
 	require.Zero(t, testutil.CollectAndCount(reg, "bulwark_ratelimit_decisions_total"))
 }
 
-// New accepts any rate in (0, 1e6] and any positive burst, and
-// Decision.Window is the time an empty bucket takes to refill. New computes
-// it as Duration(us*burst) * Microsecond, which overflows int64 nanoseconds
-// once the window passes ~292 years and wraps to a negative (or garbage)
-// Window, which adapters put in RateLimit-Policy as w=. Local, for the same
-// policy, saturates instead. (No Redis needed: a cost error returns the
-// policy without I/O.)
-func TestWindowDoesNotWrapForLongWindows(t *testing.T) {
+// The script computes in Redis's Lua numbers, doubles exact up to 2⁵³ µs
+// since 1970. A window that took the sum past that gave wrong decisions (a
+// full bucket of one a day with a burst of 200,000 denied its burst), and
+// past 292 years a Window that wrapped around to a negative duration. New
+// now refuses such a policy; the longest one it accepts decides exactly, as
+// Local does.
+func TestWindowWithinTheScriptsRange(t *testing.T) {
 	t.Parallel()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	defer rdb.Close()
-	r, burst := rate.Every(24*time.Hour), 200_000 // a window of ~548 years
-	l := New("long", rdb, r, burst)
-	d, err := l.Allow(bg, "k", burst+1)
-	require.ErrorIs(t, err, ratelimit.ErrCostExceedsLimit)
+	rdb := newClient(t, testenv.RedisAddr(t))
+	require.PanicsWithValue(t, "redisrate: New(\"long\"): a burst of 200000 at rate 1.1574074074074073e-05 is a window of 17280000000000000 µs, over the 2⁵² µs the script computes exactly",
+		func() { New("long", rdb, rate.Every(24*time.Hour), 200_000) })
+
+	r, burst := rate.Every(24*time.Hour), 52_000 // 4.49e15 µs, just within 2⁵²
+	l := New("long", rdb, r, burst, WithKeyPrefix(testPrefix(t, rdb)), WithTimeout(testTimeout))
+	now := time.Date(2026, 11, 25, 23, 0, 0, 123457, time.UTC)
+	d, err := l.decide(bg, "k", burst, &now)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "a full bucket allows its burst: %+v", d)
+	require.Zero(t, d.Remaining)
 	local := ratelimit.NewLocal("long", r, burst)
-	dl, _ := local.Allow(bg, "k", burst+1)
-	require.Positive(t, d.Window, "Window must not wrap around")
+	dl, err := local.Allow(bg, "k", burst)
+	require.NoError(t, err)
+	require.True(t, dl.Allowed)
 	require.Equal(t, dl.Window, d.Window, "same policy, same Window as Local")
+	require.Positive(t, d.Window)
 }
