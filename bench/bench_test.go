@@ -3,11 +3,12 @@ package bench
 import (
 	"context"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -74,9 +75,9 @@ func runVariants(b *testing.B, vs []variant, o runOpts) {
 				goroutines = (o.parallelism + goroutines - 1) / goroutines * goroutines
 			}
 			o.reset()
-			runParallel(b, goroutines, func(w *worker) {
+			parallel.Run(b, goroutines, func(w *parallel.Worker) {
 				i := int(g.Add(1)) << 32
-				for w.next() {
+				for w.Next() {
 					if err := v.call(i); err != nil {
 						b.Error(err)
 						return
@@ -86,69 +87,6 @@ func runVariants(b *testing.B, vs []variant, o runOpts) {
 			})
 			o.report(b)
 		})
-	}
-}
-
-// runParallel runs b.N operations over goroutines goroutines, as
-// testing.B.RunParallel does, except for where each goroutine counts its
-// operations. RunParallel counts them in a testing.PB, a 32-byte heap object
-// written on every operation; in some runs two goroutines' PBs share a cache
-// line, and an operation of a few nanoseconds then measures 1.5–3× slower
-// than in the next run of the same binary. A worker has a cache line of its
-// own. body runs once per goroutine and calls w.next before each operation.
-func runParallel(b *testing.B, goroutines int, body func(w *worker)) {
-	var taken atomic.Int64
-	total := int64(b.N)
-	grain := max(1, min(total/int64(goroutines*64), 10000))
-	var wg sync.WaitGroup
-	for range goroutines {
-		wg.Go(func() {
-			body(&worker{taken: &taken, total: total, grain: grain})
-		})
-	}
-	wg.Wait()
-}
-
-// worker hands out one goroutine's operations, a grain at a time.
-type worker struct {
-	taken  *atomic.Int64 // operations handed out to all workers
-	total  int64
-	grain  int64
-	n, end int64 // this worker's grain: operations n to end-1 are left
-	_      [128 - 5*8]byte
-}
-
-// next reports whether the goroutine has another operation to run.
-func (w *worker) next() bool {
-	if w.n == w.end && !w.refill() {
-		return false
-	}
-	w.n++
-	return true
-}
-
-func (w *worker) refill() bool {
-	w.end = w.taken.Add(w.grain)
-	w.n = w.end - w.grain
-	w.end = min(w.end, w.total)
-	return w.n < w.total
-}
-
-// TestRunParallel checks that runParallel runs b.N operations, no more and
-// no fewer, whatever b.N and the number of goroutines.
-func TestRunParallel(t *testing.T) {
-	for _, goroutines := range []int{1, 3, 8} {
-		for _, n := range []int{1, 2, 7, 64, 1000, 123457} {
-			var count atomic.Int64
-			runParallel(&testing.B{N: n}, goroutines, func(w *worker) {
-				for w.next() {
-					count.Add(1)
-				}
-			})
-			if got := count.Load(); got != int64(n) {
-				t.Errorf("%d goroutines, b.N = %d: ran %d operations", goroutines, n, got)
-			}
-		}
 	}
 }
 

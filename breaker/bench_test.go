@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 // BenchmarkAllowDone is the adapters' hot path: a permit and a success on a
@@ -24,8 +26,8 @@ func BenchmarkAllowDone(b *testing.B) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				p, err := br.Allow()
 				if err != nil {
 					b.Error(err)
@@ -51,8 +53,8 @@ func BenchmarkDo(b *testing.B) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				_ = br.Do(ctx, fn)
 			}
 		})

@@ -2,9 +2,12 @@ package bulkhead
 
 import (
 	"context"
+	"runtime"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 // benchBulkhead has metrics on and a limit no benchmark reaches, so that
@@ -29,8 +32,8 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	b.Run("parallel", func(b *testing.B) {
 		bh := benchBulkhead()
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				p, err := bh.Acquire(ctx)
 				if err != nil {
 					b.Fatal(err)
@@ -56,8 +59,8 @@ func BenchmarkDo(b *testing.B) {
 	b.Run("parallel", func(b *testing.B) {
 		bh := benchBulkhead()
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				if err := bh.Do(ctx, fn); err != nil {
 					b.Fatal(err)
 				}
@@ -72,9 +75,8 @@ func BenchmarkContended(b *testing.B) {
 	ctx := context.Background()
 	bh := New("bench", WithLimit(1), WithQueue(1<<16), WithRegisterer(prometheus.NewRegistry()))
 	b.ReportAllocs()
-	b.SetParallelism(4)
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
+	parallel.Run(b, 4*runtime.GOMAXPROCS(0), func(pw *parallel.Worker) {
+		for pw.Next() {
 			p, err := bh.Acquire(ctx)
 			if err != nil {
 				b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
 	"github.com/bulwark-go/bulwark/grpcmw"
+	"github.com/bulwark-go/bulwark/internal/parallel"
 	"github.com/bulwark-go/bulwark/ratelimit"
 	"github.com/bulwark-go/bulwark/retry"
 )
@@ -100,8 +101,8 @@ func BenchmarkUnaryCall(b *testing.B) {
 			})
 			b.Run(name+"/parallel", func(b *testing.B) {
 				b.ReportAllocs()
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
+				parallel.Run(b, 0, func(pw *parallel.Worker) {
+					for pw.Next() {
 						if _, err := c.UnaryCall(context.Background(), req); err != nil {
 							b.Error(err)
 							return
@@ -134,8 +135,8 @@ func BenchmarkInterceptor(b *testing.B) {
 	})
 	b.Run("client_retry_breaker/parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				_ = cic(ctx, method, req, reply, nil, invoker)
 			}
 		})
@@ -157,8 +158,8 @@ func BenchmarkInterceptor(b *testing.B) {
 	})
 	b.Run("server_limiter_bulkhead_breaker/parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				_, _ = sic(ctx, req, info, handler)
 			}
 		})

@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 // A capture is lent to one call at a time: under many goroutines no two
@@ -84,8 +86,8 @@ func BenchmarkCaptures(b *testing.B) {
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				cs.put(cs.get())
 			}
 		})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
+	"github.com/bulwark-go/bulwark/internal/parallel"
 	"github.com/bulwark-go/bulwark/ratelimit"
 )
 
@@ -65,13 +66,13 @@ func BenchmarkServer(b *testing.B) {
 		b.Run(v.name+"/parallel", func(b *testing.B) {
 			var client atomic.Int32
 			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
+			parallel.Run(b, 0, func(pw *parallel.Worker) {
 				// One client per goroutine, as on a server with many.
 				w := &srvBenchWriter{h: http.Header{}}
 				r := httptest.NewRequest(http.MethodGet, "/", nil)
 				r.RemoteAddr = "192.0.2." + strconv.Itoa(int(client.Add(1))) + ":1234"
 				v.h.ServeHTTP(w, r)
-				for pb.Next() {
+				for pw.Next() {
 					v.h.ServeHTTP(w, r)
 				}
 			})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/bulkhead"
+	"github.com/bulwark-go/bulwark/internal/parallel"
 	"github.com/bulwark-go/bulwark/ratelimit"
 	"github.com/bulwark-go/bulwark/retry"
 )
@@ -82,9 +83,9 @@ func BenchmarkTransport(b *testing.B) {
 		b.Run(s.name+"/parallel", func(b *testing.B) {
 			tr := s.tr(prometheus.NewRegistry())
 			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
+			parallel.Run(b, 0, func(pw *parallel.Worker) {
 				req := newReq()
-				for pb.Next() {
+				for pw.Next() {
 					resp, err := tr.RoundTrip(req)
 					if err != nil {
 						b.Error(err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/bulwark-go/bulwark/idempotency"
 	"github.com/bulwark-go/bulwark/idempotency/internal/storetest"
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 func BenchmarkMemoryClaimComplete(b *testing.B) {
@@ -22,8 +23,8 @@ func BenchmarkMemoryReplay(b *testing.B) {
 	r, _ := s.Claim(ctx, k, idempotency.Fingerprint{}, idempotency.DefaultLease)
 	_ = s.Complete(ctx, k, r.Owner, idempotency.Response{Status: 200, Body: []byte("ok")}, idempotency.DefaultRetention)
 	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
+	parallel.Run(b, 0, func(pw *parallel.Worker) {
+		for pw.Next() {
 			if r, _ := s.Claim(ctx, k, idempotency.Fingerprint{}, idempotency.DefaultLease); r.Status != idempotency.Completed {
 				b.Fatal(r.Status)
 			}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 // The rate is so high that every decision is allowed: these measure the
@@ -39,9 +41,9 @@ func BenchmarkLocalAllow(b *testing.B) {
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		var g atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
 			i := int(g.Add(1)) * 101
-			for pb.Next() {
+			for pw.Next() {
 				i++
 				d, _ := l.Allow(bg, keys[i%benchKeys], 1)
 				if !d.Allowed {
@@ -69,9 +71,9 @@ func BenchmarkBareRate(b *testing.B) {
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		var g atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
 			i := int(g.Add(1)) * 101
-			for pb.Next() {
+			for pw.Next() {
 				i++
 				if !lims[i%benchKeys].Allow() {
 					b.Error("denied")

@@ -6,6 +6,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 func benchPolicy() *Policy {
@@ -29,8 +31,8 @@ func BenchmarkDoFirstTry(b *testing.B) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				if p.Do(ctx, okCall) != nil {
 					b.Fatal("failed")
 				}
@@ -67,8 +69,8 @@ func BenchmarkLoopFirstTry(b *testing.B) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				if loopOnce(p, ctx) != nil {
 					b.Fatal("failed")
 				}
@@ -91,8 +93,8 @@ func BenchmarkBackoffRetryFirstTry(b *testing.B) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, 0, func(pw *parallel.Worker) {
+			for pw.Next() {
 				if backoff.Retry(op, backoff.NewExponentialBackOff()) != nil {
 					b.Fatal("failed")
 				}

@@ -1,19 +1,19 @@
 package redisrate
 
 import (
-	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bulwark-go/bulwark/internal/parallel"
 	"github.com/bulwark-go/bulwark/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkAllow measures allowed decisions that write state, metrics on,
-// against the real Redis: serial, and with about 64 goroutines
-// (b.SetParallelism), reporting decisions per second.
+// against the real Redis: serial, and from 64 goroutines, reporting decisions
+// per second.
 func BenchmarkAllow(b *testing.B) {
 	rdb := newClient(b, testenv.RedisAddr(b))
 	l := New("bench", rdb, 1e6, 1_000_000_000, WithKeyPrefix(testPrefix(b, rdb)),
@@ -37,11 +37,10 @@ func BenchmarkAllow(b *testing.B) {
 	})
 	b.Run("parallel64", func(b *testing.B) {
 		b.ReportAllocs()
-		b.SetParallelism((64 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 		var g atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
+		parallel.Run(b, 64, func(pw *parallel.Worker) {
 			i := int(g.Add(1)) * 37
-			for pb.Next() {
+			for pw.Next() {
 				i++
 				if d, err := l.Allow(bg, keys[i%len(keys)], 1); err != nil || !d.Allowed {
 					b.Error(d, err)

@@ -3,12 +3,12 @@ package storetest
 import (
 	"context"
 	"encoding/binary"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bulwark-go/bulwark/idempotency"
+	"github.com/bulwark-go/bulwark/internal/parallel"
 )
 
 // Goroutines is the concurrency of the parallel benchmarks.
@@ -49,9 +49,8 @@ func Bench(b *testing.B, s idempotency.Store) {
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.SetParallelism(max(1, Goroutines/runtime.GOMAXPROCS(0)))
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel.Run(b, Goroutines, func(pw *parallel.Worker) {
+			for pw.Next() {
 				one(ctx)
 			}
 		})
