@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/bulwark-go/bulwark"
 	"github.com/bulwark-go/bulwark/breaker"
@@ -298,40 +297,27 @@ func (rs *retryStream) Context() context.Context {
 // Trailer returns the trailer of the current attempt's stream.
 func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 
-// Header waits for the response headers; headers received commit the stream
-// to the attempt they came from, unless RecvMsg has replaced that attempt
-// since. When the attempt ended without headers (trailers-only) and the
-// stream may still be retried, Header makes the retry decision RecvMsg would
-// make, as grpc-go's own Header does, and returns the next attempt's headers;
-// when the stream is not retried it returns nil, nil and RecvMsg returns the
-// status. An error ends a stream that will not be retried, as grpc-go's does.
+// Header waits for the current attempt's response headers; headers received
+// commit the stream to the attempt they came from, unless RecvMsg has
+// replaced that attempt since. An attempt that ended without headers
+// (trailers-only) gives nil, nil, as grpc-go's Header does for a stream that
+// ended so; when RecvMsg then retries the stream, Header called again returns
+// the new attempt's headers. An error ends a stream that will not be
+// retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
-	for {
-		s := rs.current()
-		md, err := s.Header()
-		switch {
-		case md == nil && err == nil && rs.retrying && !rs.committed.Load():
-			// No message can follow a trailers-only end: RecvMsg returns
-			// the attempt's status without touching its argument.
-			rerr := s.RecvMsg(new(emptypb.Empty))
-			if rerr == nil || rerr == io.EOF {
-				return nil, nil // not retried; RecvMsg tells the rest
-			}
-			if rs.failed(s, rerr) != nil {
-				return nil, nil // the stream ended: RecvMsg returns the status
-			}
-			continue
-		case md != nil && !rs.committed.Load():
-			rs.retryMu.Lock()
-			if rs.current() == s {
-				rs.commit()
-			}
-			rs.retryMu.Unlock()
-		case err != nil && (!rs.retrying || rs.committed.Load()):
-			rs.end(err)
+	s := rs.current()
+	md, err := s.Header()
+	switch {
+	case md != nil && !rs.committed.Load():
+		rs.retryMu.Lock()
+		if rs.current() == s {
+			rs.commit()
 		}
-		return md, err
+		rs.retryMu.Unlock()
+	case err != nil && (!rs.retrying || rs.committed.Load()):
+		rs.end(err)
 	}
+	return md, err
 }
 
 // SendMsg sends m on the current attempt and keeps it for a replay while the
@@ -438,9 +424,6 @@ func (rs *retryStream) failed(s grpc.ClientStream, err error) error {
 	if rs.committed.Load() { // by Header, since s.RecvMsg returned
 		rs.received(err)
 		return err
-	}
-	if rs.current() != s {
-		return nil // Header or RecvMsg has already replaced s
 	}
 	rs.report(err)
 	if !rs.retrying || !rs.replayable() {
