@@ -177,10 +177,10 @@ func WithFingerprintHeaders(names ...string) Option {
 // Conflict, [TypeIdempotencyNotReplayable], marked Idempotent-Replayed: true,
 // and the handler does not run twice. The key is released, so that a retry
 // runs the handler again, after a status g does not remember, a rejection by
-// a bulwark middleware inside this one, and a handler that panics before any
-// of its response was flushed (the panic continues after the release; one
-// after a flush, such as http.ErrAbortHandler, is recorded as not
-// replayable). The status of a hijacked connection is not known, and it is
+// a bulwark middleware inside this one, and a handler that panics before
+// writing anything (the panic continues after the release; one after the
+// handler began its response, such as http.ErrAbortHandler, is recorded as
+// not replayable when g remembers its status). The status of a hijacked connection is not known, and it is
 // recorded as not replayable whatever the handler wrote. The store is
 // written with a context that outlives the client, so a client that hangs up
 // does not leave its key locked; a failure to store is not reported to the
@@ -340,14 +340,16 @@ func (m *srvIdempotency) srvServe(next http.Handler, w http.ResponseWriter, r *h
 	defer func() {
 		switch {
 		case done:
-		case sw.flushed || sw.hijacked:
-			// A panic after part of the response went out, such as
+		case sw.status != 0 || sw.hijacked:
+			// A panic after the handler began its response, such as
 			// http.ErrAbortHandler from a ReverseProxy whose client left
-			// mid-stream: the handler ran, and a repeat must not run it
-			// again. The panic continues afterwards.
+			// mid-stream. Part of it may have reached the client (net/http
+			// sends a body that outgrows its buffer without a Flush): the
+			// handler ran, and a repeat must not run it again, unless its
+			// status is one g does not remember. The panic continues.
 			_ = lease.Finish(ctx, idempotency.NotReplayable(sw.srvStatus()))
 		default:
-			// Nothing reached the client: let a retry run the handler.
+			// The handler wrote nothing: let a retry run it.
 			_ = lease.Release(ctx)
 		}
 	}()

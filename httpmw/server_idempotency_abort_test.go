@@ -108,3 +108,50 @@ func TestIdempotencyFlushedThenAbortedIsNotRunAgain(t *testing.T) {
 	resp, body := srvDo(t, c, http.MethodPost, srvURL, "a", srvKeyHeader("k"))
 	require.Equal(t, int32(1), runs.Load(), "the handler ran twice (repeat got %d %q)", resp.StatusCode, body)
 }
+
+// TestIdempotencyUnflushedButSentThenAbortedIsNotRunAgain: a handler (or a
+// ReverseProxy relaying a Content-Length response, which never flushes)
+// writes more than net/http buffers, so its status and the start of its body
+// reach the client without any Flush, then aborts with http.ErrAbortHandler.
+// The handler ran and the client saw its answer begin; the key used to be
+// released because nothing was flushed, and the client's retry ran the
+// handler a second time.
+func TestIdempotencyUnflushedButSentThenAbortedIsNotRunAgain(t *testing.T) {
+	clientRead := make(chan struct{})
+	h, runs := srvScripted(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1048576")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "charged;"+strings.Repeat("x", 64<<10)) // past net/http's buffers: sent
+		<-clientRead
+		panic(http.ErrAbortHandler)
+	}, func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusTeapot) // must never run
+	})
+	mwDone := make(chan struct{}, 2)
+	mw := Idempotency(srvTestGuard(t), WithoutScope())(h)
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { mwDone <- struct{}{} }()
+		mw.ServeHTTP(w, r)
+	})
+	srvURL, c := srvTestServer(t, front)
+
+	req, err := http.NewRequest(http.MethodPost, srvURL, strings.NewReader("a"))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", "k")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	buf := make([]byte, len("charged;"))
+	_, err = io.ReadFull(resp.Body, buf)
+	require.NoError(t, err)
+	require.Equal(t, "charged;", string(buf), "the client saw the handler's answer begin, with no Flush")
+	close(clientRead)
+	<-mwDone
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+
+	resp2, body := srvDo(t, c, http.MethodPost, srvURL, "a", srvKeyHeader("k"))
+	<-mwDone
+	require.Equal(t, int32(1), runs.Load(),
+		"the retry of a response that reached the client ran the handler again (got %d %q)", resp2.StatusCode, body)
+}
