@@ -52,16 +52,7 @@ func TestStreamHeaderAcrossRetry(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, md, "the first attempt ended without headers")
 
-	type res struct {
-		got []string
-		err error
-	}
-	rc := make(chan res, 1)
-	go func() {
-		got, err := recvAll(st)
-		rc <- res{got, err}
-	}()
-	r := drive(clk, rc)
+	r := drive(clk, recvAsync(st))
 	require.NoError(t, r.err, "the stream was retried")
 	require.Equal(t, []string{"ok"}, r.got)
 	md, err = st.Header()
@@ -85,25 +76,7 @@ func TestServerStreamingLargeRequestIsReplayable(t *testing.T) {
 	big := &testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: make([]byte, grpcmw.DefaultStreamBufferBytes+1)}}
 	st, err := c.StreamingOutputCall(context.Background(), big)
 	require.NoError(t, err)
-	type res struct {
-		got []string
-		err error
-	}
-	rc := make(chan res, 1)
-	go func() {
-		got, err := recvAll(st)
-		rc <- res{got, err}
-	}()
-	var r res
-	timers := waitTimers(clk)
-	select {
-	case r = <-rc: // not retried: no wait at all
-		clk.NewTimer(time.Hour) // lets waitTimers end
-	case <-timers:
-		clk.Advance(time.Second)
-		r = <-rc
-	}
-	<-timers
+	r := drive(clk, recvAsync(st))
 	require.NoError(t, r.err, "the single request of a server-streaming call was not replayed")
 	require.Equal(t, []string{"ok"}, r.got)
 	require.Equal(t, 2, svc.Calls())
@@ -225,23 +198,33 @@ func TestStreamHeaderBesideRecvOnTrailersOnlyAttempt(t *testing.T) {
 		return send("ok")
 	}}
 	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithBudget(nil))))...)
-	type res struct {
-		got []string
-		err error
-	}
 	for range 100 {
 		st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
 		require.NoError(t, err)
 		var wg sync.WaitGroup
 		wg.Go(func() { _, _ = st.Header() })
-		rc := make(chan res, 1)
-		go func() {
-			got, err := recvAll(st)
-			rc <- res{got, err}
-		}()
-		r := drive(clk, rc)
+		r := drive(clk, recvAsync(st))
 		wg.Wait()
 		require.NoError(t, r.err)
 		require.Equal(t, []string{"ok"}, r.got)
 	}
+}
+
+// received is what recvAll returned.
+type received struct {
+	got []string
+	err error
+}
+
+// recvAsync runs recvAll on st in a goroutine of its own and sends its result
+// on the returned channel.
+func recvAsync(st interface {
+	Recv() (*testpb.StreamingOutputCallResponse, error)
+}) <-chan received {
+	rc := make(chan received, 1)
+	go func() {
+		got, err := recvAll(st)
+		rc <- received{got, err}
+	}()
+	return rc
 }

@@ -60,16 +60,7 @@ func TestIdempotencyProxyLostResponseIsNotRunAgain(t *testing.T) {
 	})
 	srvURL, c := srvTestServer(t, front)
 
-	req, err := http.NewRequest(http.MethodPost, srvURL, strings.NewReader("a"))
-	require.NoError(t, err)
-	req.Header.Set("Idempotency-Key", "k")
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusCreated, resp.StatusCode)
-	buf := make([]byte, len("charged;"))
-	_, err = io.ReadFull(resp.Body, buf)
-	require.NoError(t, err)
-	require.Equal(t, "charged;", string(buf), "the upstream ran: the client saw the start of its answer")
+	resp := srvStartCharged(t, c, srvURL) // the upstream ran: the client saw the start of its answer
 	// The client loses the connection mid-response.
 	_ = resp.Body.Close()
 	close(proceed)
@@ -135,16 +126,7 @@ func TestIdempotencyUnflushedButSentThenAbortedIsNotRunAgain(t *testing.T) {
 	})
 	srvURL, c := srvTestServer(t, front)
 
-	req, err := http.NewRequest(http.MethodPost, srvURL, strings.NewReader("a"))
-	require.NoError(t, err)
-	req.Header.Set("Idempotency-Key", "k")
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusCreated, resp.StatusCode)
-	buf := make([]byte, len("charged;"))
-	_, err = io.ReadFull(resp.Body, buf)
-	require.NoError(t, err)
-	require.Equal(t, "charged;", string(buf), "the client saw the handler's answer begin, with no Flush")
+	resp := srvStartCharged(t, c, srvURL) // with no Flush
 	close(clientRead)
 	<-mwDone
 	_, _ = io.Copy(io.Discard, resp.Body)
@@ -154,4 +136,21 @@ func TestIdempotencyUnflushedButSentThenAbortedIsNotRunAgain(t *testing.T) {
 	<-mwDone
 	require.Equal(t, int32(1), runs.Load(),
 		"the retry of a response that reached the client ran the handler again (got %d %q)", resp2.StatusCode, body)
+}
+
+// srvStartCharged sends a keyed POST to url and reads the start of its 201
+// answer, "charged;", leaving the rest of the body unread.
+func srvStartCharged(t *testing.T, c *http.Client, url string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("a"))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", "k")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	buf := make([]byte, len("charged;"))
+	_, err = io.ReadFull(resp.Body, buf)
+	require.NoError(t, err)
+	require.Equal(t, "charged;", string(buf), "the client saw the handler's answer begin")
+	return resp
 }
