@@ -87,17 +87,56 @@ func (p *Policy) BeginIn(ctx context.Context, l *Loop, maxAttempts int) {
 	}
 }
 
+// FirstTrySucceeded records a call whose first attempt succeeded, as a Loop
+// begun and then decided with a nil error would. It is for adapters on a hot
+// path that begin their Loop only once the first attempt has failed
+// ([Policy.BeginIn], then [Loop.Decide] with that attempt's error), so that
+// a call that succeeds at once pays for neither:
+//
+//	actx, cancel := p.AttemptContext(ctx)
+//	err := call(actx)
+//	cancel()
+//	if err == nil {
+//		p.FirstTrySucceeded()
+//		return nil
+//	}
+//	var l retry.Loop
+//	p.BeginIn(ctx, &l, 0)
+//	for l.Next(err) {
+//		actx, cancel := l.Context()
+//		err = call(actx)
+//		cancel()
+//	}
+//	return l.Err()
+func (p *Policy) FirstTrySucceeded() {
+	p.budget.success()
+	var here byte // on the caller's stack, which picks the stripe
+	if t := p.tallyAt(unsafe.Pointer(&here)); t != nil {
+		t.results[resFirstTry].Add(1)
+	}
+}
+
+// AttemptContext returns the context for one attempt of a call under ctx
+// and the function that releases it, to be called once the attempt's result
+// has been consumed (for HTTP, after the response body is closed). Without
+// [WithAttemptTimeout] it is ctx and a no-op.
+func (p *Policy) AttemptContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if p.attemptTimeout <= 0 {
+		return ctx, noCancel
+	}
+	return context.WithTimeout(ctx, p.attemptTimeout)
+}
+
 func noCancel() {}
 
+// AttemptTimeout returns the per-attempt timeout of [WithAttemptTimeout], 0
+// for none.
+func (p *Policy) AttemptTimeout() time.Duration { return p.attemptTimeout }
+
 // Context returns the context for the current attempt and the function that
-// releases it, to be called once the attempt's result has been consumed (for
-// HTTP, after the response body is closed). Without [WithAttemptTimeout] it is
-// the call's context and a no-op.
+// releases it: [Policy.AttemptContext] of the call's context.
 func (l *Loop) Context() (context.Context, context.CancelFunc) {
-	if l.p.attemptTimeout <= 0 {
-		return l.ctx, noCancel
-	}
-	return context.WithTimeout(l.ctx, l.p.attemptTimeout)
+	return l.p.AttemptContext(l.ctx)
 }
 
 // Attempt returns the number of the current attempt, 1 for the first call.
@@ -230,12 +269,16 @@ func (l *Loop) Wait() bool {
 // address: Loops live on their callers' stacks or in per-call state, so calls
 // on different goroutines mostly count on different cache lines instead of
 // all contending for one.
-func (l *Loop) tally() *tally {
-	t := l.p.tallies
+func (l *Loop) tally() *tally { return l.p.tallyAt(unsafe.Pointer(l)) }
+
+// tallyAt returns the stripe picked by a hash of the address at, nil when the
+// policy has no registerer.
+func (p *Policy) tallyAt(at unsafe.Pointer) *tally {
+	t := p.tallies
 	if t == nil {
 		return nil
 	}
-	h := uint64(uintptr(unsafe.Pointer(l))) * 0x9e3779b97f4a7c15 // Fibonacci hashing
+	h := uint64(uintptr(at)) * 0x9e3779b97f4a7c15 // Fibonacci hashing
 	return &t[h>>(64-tallyBits)]
 }
 

@@ -3,9 +3,13 @@ package retry
 import (
 	"context"
 	"errors"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bulwark-go/bulwark/clock"
@@ -129,4 +133,64 @@ func TestBeginIn(t *testing.T) {
 		require.Equal(t, Exhausted, re.Reason, "BeginIn(%d)", tt.n)
 		require.Equal(t, tt.want, re.Attempts)
 	}
+}
+
+// A call recorded by FirstTrySucceeded counts in the metrics and refills the
+// budget as a Loop decided with a nil error does, also when many goroutines
+// record at once on their own stripes.
+func TestFirstTrySucceededCountsAsALoopWould(t *testing.T) {
+	const goroutines, calls = 64, 200
+	run := func(name string, call func(p *Policy)) *prometheus.Registry {
+		reg := prometheus.NewPedanticRegistry()
+		p := New(name, WithRegisterer(reg), WithBudget(NewBudget(10, 0.5)))
+		require.True(t, p.Budget().failure())
+		require.Equal(t, 9.0, p.Budget().Tokens())
+		var wg sync.WaitGroup
+		for range goroutines {
+			wg.Go(func() {
+				for range calls {
+					call(p)
+				}
+			})
+		}
+		wg.Wait()
+		require.Equal(t, 10.0, p.Budget().Tokens(), "successes refill the budget")
+		runtime.KeepAlive(p) // collectors hold policies weakly
+		return reg
+	}
+	loop := run("p", func(p *Policy) {
+		var l Loop
+		p.BeginIn(context.Background(), &l, 0)
+		if l.Decide(nil) {
+			t.Error("Decide(nil) asked for a retry")
+		}
+	})
+	first := run("p", (*Policy).FirstTrySucceeded)
+	want, err := testutil.GatherAndCount(loop)
+	require.NoError(t, err)
+	got, err := testutil.GatherAndCount(first)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	for _, reg := range []prometheus.Gatherer{loop, first} {
+		require.Equal(t, float64(goroutines*calls), seriesValue(t, reg, "bulwark_retry_calls_total", map[string]string{"name": "p", "result": "first_try"}))
+		require.Equal(t, float64(goroutines*calls), seriesValue(t, reg, "bulwark_retry_attempts_total", map[string]string{"name": "p"}))
+	}
+}
+
+// The first attempt's context, taken from the policy before any Loop, has the
+// attempt timeout as a Loop's attempts do, and is the call's context without.
+func TestPolicyAttemptContext(t *testing.T) {
+	ctx := context.Background()
+	actx, cancel := New("t").AttemptContext(ctx)
+	require.Equal(t, ctx, actx)
+	cancel()
+	require.Zero(t, New("t").AttemptTimeout())
+	require.Equal(t, time.Hour, New("t", WithAttemptTimeout(time.Hour)).AttemptTimeout())
+
+	actx, cancel = New("t", WithAttemptTimeout(time.Hour)).AttemptContext(ctx)
+	dl, ok := actx.Deadline()
+	require.True(t, ok)
+	require.WithinDuration(t, time.Now().Add(time.Hour), dl, time.Minute)
+	cancel()
+	require.ErrorIs(t, actx.Err(), context.Canceled)
 }
