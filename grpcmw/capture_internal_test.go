@@ -93,3 +93,65 @@ func BenchmarkCaptures(b *testing.B) {
 		})
 	})
 }
+
+// With every slot taken (more calls in flight than slots), a call is lent a
+// spare, which goes back to the spares, not into a slot; once a slot is
+// free, calls take slots again.
+func TestCapturesLendSpareWhenSlotsTaken(t *testing.T) {
+	cs := newCaptures()
+	for i := range cs.slots {
+		cs.slots[i].busy.Store(true)
+	}
+	spare := cs.get()
+	require.Nil(t, spare.busy, "a spare")
+	spare.trailer = metadata.Pairs("k", "v")
+	cs.put(spare)
+	require.Nil(t, spare.trailer)
+	for i := range cs.slots {
+		require.True(t, cs.slots[i].busy.Load(), "a spare given back frees no slot")
+		cs.slots[i].busy.Store(false)
+	}
+	st := cs.get()
+	require.NotNil(t, st.busy, "a slot")
+	require.True(t, st.busy.Load())
+	cs.put(st)
+	require.False(t, st.busy.Load(), "the slot is free again")
+}
+
+// A call that never gives its capture back (its invoker panicked) leaves the
+// slot taken; later calls on the goroutine still get captures of their own.
+func TestCapturesOutliveACaptureNeverGivenBack(t *testing.T) {
+	cs := newCaptures()
+	lost := cs.get()
+	for range 100 {
+		st := cs.get()
+		require.NotSame(t, lost, st)
+		require.Len(t, st.with(nil), 1)
+		cs.put(st)
+	}
+}
+
+// An attempt's options are the capture, then the call's own, however many;
+// the next call on the same capture sees none of them.
+func TestCapturesWithCallOptions(t *testing.T) {
+	cs := newCaptures()
+	for _, n := range []int{0, 1, 3, 4, 9} {
+		own := make([]grpc.CallOption, n)
+		for i := range own {
+			own[i] = grpc.MaxCallRecvMsgSize(i + 1)
+		}
+		st := cs.get()
+		for range 2 { // every attempt of the call
+			opts := st.with(own)
+			require.Len(t, opts, 1+n)
+			require.Equal(t, cap(opts), len(opts))
+			require.IsType(t, grpc.TrailerCallOption{}, opts[0])
+			require.Equal(t, own, opts[1:])
+		}
+		cs.put(st)
+		require.Len(t, st.with(nil), 1, "after %d options", n)
+		for _, o := range st.opts[1:cap(st.opts)] {
+			require.Nil(t, o, "an option of an earlier call kept after %d options", n)
+		}
+	}
+}
