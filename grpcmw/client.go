@@ -33,9 +33,11 @@ type client struct {
 	// captures lends retried calls their trailer capture, so that a call
 	// that succeeds at once allocates nothing.
 	captures *captures
-	// unguarded: no limiter and no bulkhead, so an attempt without a
-	// breaker goes straight to invoke instead of through attempt.
-	unguarded bool
+	// retryOnly: a retry policy without a per-attempt timeout, and nothing
+	// else that acts on a call (no breaker, limiter, bulkhead or generated
+	// idempotency key), so that a call without options of this package's
+	// takes a short way (UnaryClientInterceptor).
+	retryOnly bool
 }
 
 func newClient(opts []Option) *client {
@@ -46,7 +48,8 @@ func newClient(opts []Option) *client {
 	if c.retry != nil {
 		c.captures = newCaptures()
 	}
-	c.unguarded = c.limiter == nil && c.bulkhead == nil
+	c.retryOnly = c.retry != nil && c.retry.AttemptTimeout() == 0 &&
+		c.breaker == nil && c.breakers == nil && c.limiter == nil && c.bulkhead == nil && !c.genKeys
 	return c
 }
 
@@ -90,8 +93,32 @@ func newClient(opts []Option) *client {
 // installed after this one (nearer the network) must therefore not keep a
 // call's options once their invoker has returned, as none of grpc-go's do.
 func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
-	return newClient(opts).unary
+	c := newClient(opts)
+	if !c.retryOnly {
+		return c.unary
+	}
+	// With nothing but a retry policy, the most common configuration, a call
+	// without options of this package's skips what then does nothing, so
+	// that one that succeeds at once costs less than go-grpc-middleware's
+	// retry, which does less (bench/ BenchmarkGRPCClient). It is a function
+	// literal because a method value's wrapper would add a call to every call.
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if hasOwnOption(opts) {
+			return c.unary(ctx, method, req, reply, cc, invoker, opts...)
+		}
+		st := c.captures.get() // lent without a trailer, so nothing to clear
+		if err := invoker(ctx, method, req, reply, cc, st.with(opts)...); err != nil {
+			err = c.retryFailed(ctx, ctx, noCancel, err, st, callOptions{}, method, req, reply, cc, invoker, opts, nil)
+			c.captures.put(st)
+			return err
+		}
+		c.captures.put(st)
+		c.retry.FirstTrySucceeded()
+		return nil
+	}
 }
+
+func noCancel() {}
 
 func (c *client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	var co callOptions
@@ -103,34 +130,40 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 	}
 	b := c.breakerFor(cc, method)
 	if c.retry == nil || co.maxAttempts == 1 {
-		_, err := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, nil)
+		err := c.attempt(ctx, method, req, reply, cc, invoker, opts, b, nil)
 		if co.attempts != nil {
 			*co.attempts = 1
 		}
 		return err
 	}
 	// One trailer capture serves every attempt of the call.
-	st := c.captures.get() // not given back if the invoker panics: the GC takes it
+	st := c.captures.get() // not given back if the invoker panics
+	// The first attempt runs before the retry loop begins, so that a call
+	// that succeeds at once, as most do, pays for no loop.
+	actx, cancel := c.retry.AttemptContext(ctx)
+	err := c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
+	if err == nil {
+		cancel()
+		c.captures.put(st)
+		c.retry.FirstTrySucceeded()
+		if co.attempts != nil {
+			*co.attempts = 1
+		}
+		return nil
+	}
+	err = c.retryFailed(ctx, actx, cancel, err, st, co, method, req, reply, cc, invoker, opts, b)
+	c.captures.put(st)
+	return err
+}
+
+// retryFailed goes on with a call whose first attempt, under actx, failed
+// with err: it retries the call as the policy allows and returns its result.
+func (c *client) retryFailed(ctx, actx context.Context, cancel context.CancelFunc, err error, st *callState, co callOptions,
+	method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker) error {
 	var l retry.Loop
 	c.retry.BeginIn(ctx, &l, co.maxAttempts)
-	var err error
 	for {
-		actx, cancel := l.Context()
-		if n := l.Attempt(); n > 1 {
-			actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(n-1))
-		}
-		var hint *bulwark.Hint
-		if c.unguarded && b == nil { // nothing guards the attempt: one call less
-			hint, err = c.invoke(actx, method, req, reply, cc, invoker, opts, st)
-		} else {
-			hint, err = c.attempt(actx, method, req, reply, cc, invoker, opts, b, st)
-		}
-		if err == nil {
-			cancel()
-			l.Decide(nil)
-			break
-		}
-		verdict := c.classify(ctx, actx, err, hint, inFlight(ctx, err))
+		verdict := c.classify(ctx, actx, err, st.hint(err), inFlight(ctx, err))
 		cancel()
 		if !l.Decide(verdict) {
 			break
@@ -139,8 +172,14 @@ func (c *client) unary(ctx context.Context, method string, req, reply any, cc *g
 			err = status.FromContextError(ctx.Err()).Err()
 			break
 		}
+		actx, cancel = l.Context()
+		actx = metadata.AppendToOutgoingContext(actx, PreviousAttemptsHeader, strconv.Itoa(l.Attempt()-1))
+		if err = c.attempt(actx, method, req, reply, cc, invoker, opts, b, st); err == nil {
+			cancel()
+			l.Decide(nil)
+			break
+		}
 	}
-	c.captures.put(st)
 	if co.attempts != nil {
 		*co.attempts = l.Attempt()
 	}
@@ -209,30 +248,35 @@ func attemptTimedOut(ctx, actx context.Context) bool {
 const attemptDeadlineSlack = 20 * time.Millisecond
 
 // attempt makes one attempt: limiter, bulkhead, breaker, then the invoker.
-// With a capture state it also reads the server's retry hint from the
-// trailer and the status details of a failed attempt. A guard added here
-// must also clear client.unguarded, which lets a retried call skip attempt
-// when it has nothing to do.
+// With a capture state it also captures the attempt's trailer, for
+// [callState.hint].
 func (c *client) attempt(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, capture *callState) (hint *bulwark.Hint, err error) {
+	invoker grpc.UnaryInvoker, opts []grpc.CallOption, b *breaker.Breaker, st *callState) error {
+	if st != nil {
+		// Cleared first: grpc-go does not set it when an attempt fails
+		// early, and an earlier attempt's trailer must not be read as this
+		// one's.
+		st.trailer = nil
+		opts = st.with(opts)
+	}
 	if c.limiter != nil {
 		if err := c.throttle(ctx, method); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if c.bulkhead != nil {
 		p, err := c.bulkhead.Acquire(ctx)
 		if err != nil {
-			return nil, local(codes.ResourceExhausted, err)
+			return local(codes.ResourceExhausted, err)
 		}
 		defer p.Release()
 	}
 	if b == nil {
-		return c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
+		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	bp, aerr := b.Allow()
-	if aerr != nil {
-		return nil, local(codes.Unavailable, aerr)
+	bp, err := b.Allow()
+	if err != nil {
+		return local(codes.Unavailable, err)
 	}
 	done := false
 	defer func() {
@@ -240,31 +284,19 @@ func (c *client) attempt(ctx context.Context, method string, req, reply any, cc 
 			bp.Report(breaker.Failure)
 		}
 	}()
-	hint, err = c.invoke(ctx, method, req, reply, cc, invoker, opts, capture)
+	err = invoker(ctx, method, req, reply, cc, opts...)
 	done = true
 	bp.Report(c.outcome(ctx, err))
-	return hint, err
-}
-
-// invoke calls the invoker, capturing the trailer into st when it is not nil.
-func (c *client) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-	invoker grpc.UnaryInvoker, opts []grpc.CallOption, st *callState) (hint *bulwark.Hint, err error) {
-	if st == nil {
-		return nil, invoker(ctx, method, req, reply, cc, opts...)
-	}
-	// Cleared first: grpc-go does not set it when an attempt fails early, and
-	// an earlier attempt's trailer must not be read as this one's.
-	st.trailer = nil
-	err = invoker(ctx, method, req, reply, cc, st.with(opts)...)
-	if err != nil {
-		hint = st.hint(err)
-	}
-	return hint, err
+	return err
 }
 
 // hint returns the retry hint the server sent with err, in the captured
-// trailer or in the status details; nil when there is none.
+// trailer or in the status details; nil when there is none, or when err is a
+// refusal of this package's own, not the server's answer.
 func (st *callState) hint(err error) *bulwark.Hint {
+	if isLocal(err) {
+		return nil
+	}
 	s, _ := status.FromError(err)
 	if h, ok := serverHint(s, st.trailer); ok {
 		return &h
@@ -398,6 +430,17 @@ type callOptions struct {
 	maxAttempts int
 	key         string
 	attempts    *int
+}
+
+// hasOwnOption reports whether opts hold an option of this package. Every
+// call from a generated client stub has one of grpc-go's (grpc.StaticMethod).
+func hasOwnOption(opts []grpc.CallOption) bool {
+	for _, o := range opts {
+		if _, ok := o.(callOption); ok {
+			return true
+		}
+	}
+	return false
 }
 
 func scanCallOptions(opts []grpc.CallOption) callOptions {

@@ -188,10 +188,12 @@ func TestClientAttemptTimeout(t *testing.T) {
 	}}
 	p := newRetry(clk, retry.WithAttemptTimeout(50*time.Millisecond))
 	c, _ := serve(t, "tcp", svc, nil, clientOpts(grpcmw.WithRetry(p))...)
-	done := goCall(c, context.Background(), "a")
-	clk.WaitForTimers(1) // the first attempt timed out; the retry waits
-	clk.Advance(time.Second)
-	require.NoError(t, (<-done).err)
+	// The call's own deadline ends the test, should no attempt timeout
+	// apply, with an error rather than a hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res := drive(clk, goCall(c, ctx, "a")) // the first attempt times out; the retry waits a second
+	require.NoError(t, res.err)
 	require.Equal(t, 2, svc.Calls())
 }
 
@@ -424,6 +426,39 @@ func TestBreakerPickers(t *testing.T) {
 	require.ErrorIs(t, err, breaker.ErrOpen)
 	require.Equal(t, breaker.Open, perMethod(cc.Target(), "/grpc.testing.TestService/UnaryCall").State())
 	require.Equal(t, breaker.Closed, perMethod(cc.Target(), "/grpc.testing.TestService/StreamingOutputCall").State())
+}
+
+// Beside a retry policy, every guard acts on the first attempt: a client
+// with more than a retry policy does not take the short way of one with
+// nothing else.
+func TestClientRetryWithGuardRefusesFirstAttempt(t *testing.T) {
+	open := breaker.New("client")
+	open.ForceOpen()
+	full := bulkhead.New("client", bulkhead.WithLimit(1))
+	p, err := full.Acquire(context.Background())
+	require.NoError(t, err)
+	defer p.Release()
+	for _, tc := range []struct {
+		name  string
+		guard grpcmw.Option
+		code  codes.Code
+		want  error
+	}{
+		{"breaker", grpcmw.WithBreaker(open), codes.Unavailable, breaker.ErrOpen},
+		{"breakers", grpcmw.WithBreakers(func(string, string) *breaker.Breaker { return open }), codes.Unavailable, breaker.ErrOpen},
+		{"bulkhead", grpcmw.WithBulkhead(full), codes.ResourceExhausted, bulkhead.ErrFull},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := &service{}
+			// One attempt, so that the refusal ends the call at once.
+			pol := newRetry(clock.NewFake(time.Time{}), retry.WithMaxAttempts(1))
+			c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(pol), tc.guard)...)
+			_, err := c.UnaryCall(context.Background(), payload("a"))
+			requireCode(t, tc.code, err)
+			require.ErrorIs(t, err, tc.want)
+			require.Zero(t, svc.Calls())
+		})
+	}
 }
 
 func TestClientBulkheadAndRateLimit(t *testing.T) {

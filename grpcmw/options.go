@@ -21,8 +21,8 @@ import (
 type Option func(*config)
 
 type config struct {
-	breaker      *breaker.Breaker // WithBreaker: one breaker, no per-call pick
-	breakers     func(target, method string) *breaker.Breaker
+	breaker      *breaker.Breaker                                          // WithBreaker: one breaker, no per-call pick
+	breakers     func(cc *grpc.ClientConn, method string) *breaker.Breaker // WithBreakers' pick, given cc's target
 	failureCodes codeSet
 	bulkhead     *bulkhead.Bulkhead
 	bulkheadCode codes.Code
@@ -115,19 +115,17 @@ func WithBreaker(b *breaker.Breaker) Option {
 // name, and may return nil for calls that no breaker guards. Server and
 // client. [BreakerPerTarget] and [BreakerPerMethod] build the usual choices.
 func WithBreakers(pick func(target, method string) *breaker.Breaker) Option {
-	return func(c *config) { c.breaker, c.breakers = nil, pick }
+	breakers := func(cc *grpc.ClientConn, method string) *breaker.Breaker { return pick(target(cc), method) }
+	return func(c *config) { c.breaker, c.breakers = nil, breakers }
 }
 
 // breakerFor returns the breaker of a call to method on cc (nil on the
 // server), or nil when no breaker guards it.
 func (c *config) breakerFor(cc *grpc.ClientConn, method string) *breaker.Breaker {
-	if c.breaker != nil {
+	if c.breakers == nil {
 		return c.breaker
 	}
-	if c.breakers != nil {
-		return c.breakers(target(cc), method)
-	}
-	return nil
+	return c.breakers(cc, method)
 }
 
 // BreakerPerTarget returns a breaker picker for [WithBreakers] that keeps one
