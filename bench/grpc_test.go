@@ -95,7 +95,9 @@ func BenchmarkGRPCServer(b *testing.B) {
 }
 
 // GRPCClient: a unary client interceptor around an invoker that succeeds at
-// once: retry (3 attempts) + breaker for bulwark and failsafe-go, retry
+// once, called as a generated client stub calls it (with the option
+// grpc.StaticMethod()): retry (3 attempts) + breaker for bulwark and
+// failsafe-go, retry
 // alone for go-grpc-middleware, which has no breaker. bulwark-retry is
 // retry alone with 3 attempts, as go-grpc-middleware's, and does two things
 // that one does not: it reads the server's pushback trailer, and it counts
@@ -110,12 +112,15 @@ func BenchmarkGRPCClient(b *testing.B) {
 	}
 	b.Cleanup(func() { _ = cc.Close() })
 	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	// Every call from a generated client stub carries grpc.StaticMethod(),
+	// so the interceptors see a call with one option of grpc-go's.
+	opts := []grpc.CallOption{grpc.StaticMethod()}
 	intercepted := func(ic grpc.UnaryClientInterceptor) func(int) error {
-		return func(int) error { return ic(bg, benchMethod, benchReq, benchReply, cc, invoker) }
+		return func(int) error { return ic(bg, benchMethod, benchReq, benchReply, cc, invoker, opts...) }
 	}
 	reg := prometheus.NewRegistry()
 	variants := []variant{
-		{"bare", func(int) error { return invoker(bg, benchMethod, benchReq, benchReply, cc) }},
+		{"bare", func(int) error { return invoker(bg, benchMethod, benchReq, benchReply, cc, opts...) }},
 		{"bulwark-retry+breaker", intercepted(grpcmw.UnaryClientInterceptor(
 			grpcmw.WithRetry(retry.New("bench", retry.WithRegisterer(reg))),
 			grpcmw.WithBreaker(breaker.New("bench", breaker.WithRegisterer(reg))),
