@@ -30,8 +30,8 @@ type waiter interface {
 type client struct {
 	config
 	waiter waiter
-	// captures lends retried calls their trailer capture, so that a call
-	// that succeeds at once allocates nothing.
+	// captures lends retried unary calls their trailer capture, so that a
+	// call that succeeds at once allocates nothing.
 	captures *captures
 	// retryOnly: a retry policy without a per-attempt timeout, and nothing
 	// else that acts on a call (no breaker, limiter, bulkhead or generated
@@ -44,9 +44,6 @@ func newClient(opts []Option) *client {
 	c := &client{config: newConfig(opts)}
 	if w, ok := c.limiter.(waiter); ok {
 		c.waiter = w
-	}
-	if c.retry != nil {
-		c.captures = newCaptures()
 	}
 	c.retryOnly = c.retry != nil && c.retry.AttemptTimeout() == 0 &&
 		c.breaker == nil && c.breakers == nil && c.limiter == nil && c.bulkhead == nil && !c.genKeys
@@ -94,6 +91,9 @@ func newClient(opts []Option) *client {
 // call's options once their invoker has returned, as none of grpc-go's do.
 func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 	c := newClient(opts)
+	if c.retry != nil {
+		c.captures = newCaptures() // the stream interceptor reads trailers from its streams
+	}
 	if !c.retryOnly {
 		return c.unary
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -473,4 +474,23 @@ func TestStreamHeaderBesideARetry(t *testing.T) {
 			require.Empty(t, got)
 		}
 	}
+}
+
+// The stream client interceptor reads trailers from its streams and lends no
+// trailer capture, so it holds none of the unary interceptor's 16 KiB of
+// capture slots.
+func TestStreamClientInterceptorHoldsNoCaptureSlots(t *testing.T) {
+	opt := grpcmw.WithRetry(newRetry(clock.NewFake(time.Time{})))
+	const n = 64
+	keep := make([]grpc.StreamClientInterceptor, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range keep {
+		keep[i] = grpcmw.StreamClientInterceptor(opt)
+	}
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(keep)
+	perInterceptor := (after.TotalAlloc - before.TotalAlloc) / n
+	require.Less(t, perInterceptor, uint64(4<<10), "bytes allocated per StreamClientInterceptor")
 }

@@ -115,6 +115,9 @@ func WithBreaker(b *breaker.Breaker) Option {
 // name, and may return nil for calls that no breaker guards. Server and
 // client. [BreakerPerTarget] and [BreakerPerMethod] build the usual choices.
 func WithBreakers(pick func(target, method string) *breaker.Breaker) Option {
+	if pick == nil {
+		return func(c *config) { c.breaker, c.breakers = nil, nil }
+	}
 	breakers := func(cc *grpc.ClientConn, method string) *breaker.Breaker { return pick(target(cc), method) }
 	return func(c *config) { c.breaker, c.breakers = nil, breakers }
 }
