@@ -99,9 +99,11 @@ func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 	}
 	// With nothing but a retry policy, the most common configuration, a call
 	// without options of this package's skips what then does nothing, so
-	// that one that succeeds at once costs less than go-grpc-middleware's
-	// retry, which does less (bench/ BenchmarkGRPCClient). It is a function
-	// literal because a method value's wrapper would add a call to every call.
+	// that one that succeeds at once costs no more than go-grpc-middleware's
+	// retry, which does less: 0.4× what that adds, called as generated stubs
+	// call it, and as much with no options at all (bench/
+	// BenchmarkGRPCClient). It is a function literal because a method
+	// value's wrapper would add a call to every call.
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if hasOwnOption(opts) {
 			return c.unary(ctx, method, req, reply, cc, invoker, opts...)
