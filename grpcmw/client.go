@@ -122,6 +122,9 @@ func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 
 func noCancel() {}
 
+// unary is the unary client interceptor for any configuration and call; a
+// client with nothing but a retry policy takes it only for calls with
+// options of this package's.
 func (c *client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	var co callOptions
 	if len(opts) > 0 {

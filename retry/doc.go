@@ -12,7 +12,8 @@
 // attempt asks them for a permit and their rejections (which carry a
 // retry-after hint) pace the retries. Adapters drive the attempts themselves
 // through [Policy.BeginIn] and [Loop], which allocate nothing for a call that
-// succeeds at once.
+// succeeds at once; on the hottest paths they run the first attempt before
+// any Loop and record its success with [Policy.FirstTrySucceeded].
 //
 // What is retried: see [Retryable]. The caller's own cancellation or deadline
 // always ends the call at once; a per-attempt timeout ([WithAttemptTimeout])
