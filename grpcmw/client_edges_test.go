@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/bulwark-go/bulwark/breaker"
 	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/grpcmw"
 	"github.com/bulwark-go/bulwark/retry"
@@ -227,4 +229,41 @@ func recvAsync(st interface {
 		rc <- received{got, err}
 	}()
 	return rc
+}
+
+// trailerThenOpen fails every server-streaming call trailers-only with
+// Unavailable and a trailer of its own, and forces br open on the way, so
+// that the client's retry is refused before it reaches the network.
+type trailerThenOpen struct {
+	testpb.UnimplementedTestServiceServer
+	br    *breaker.Breaker
+	calls atomic.Int32
+}
+
+func (s *trailerThenOpen) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
+	s.calls.Add(1)
+	ss.SetTrailer(metadata.Pairs("attempt", "first"))
+	s.br.ForceOpen()
+	return status.Error(codes.Unavailable, "restarting")
+}
+
+// A retry the client refuses itself (here its breaker) ends the stream with
+// that refusal, which no server sent: Trailer then returns no trailer, and
+// RecvMsg the refusal again, not the trailer and the status of the attempt
+// before, which the caller never saw.
+func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	br := breaker.New("stream-refused")
+	svc := &trailerThenOpen{br: br}
+	c, _ := serve(t, "bufconn", svc, nil,
+		clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(2))), grpcmw.WithBreaker(br))...)
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	r := drive(clk, recvAsync(st))
+	requireCode(t, codes.Unavailable, r.err)
+	require.ErrorIs(t, r.err, breaker.ErrOpen)
+	require.Equal(t, int32(1), svc.calls.Load())
+	require.Empty(t, st.Trailer())
+	_, again := st.Recv()
+	require.Equal(t, r.err, again, "a second Recv returns the error that ended the stream")
 }

@@ -145,6 +145,9 @@ type retryStream struct {
 	refused    error // a message the client refused to send: the stream is over
 	closedSend bool
 	broken     bool // cur's send side ended; sends are kept for the replay
+	// stale: cur is an attempt that failed, not yet replaced by the next
+	// one, so an error that ends the stream now is not cur's.
+	stale bool
 	// The context Context returns while the stream may be retried, and its
 	// cancel, called when the stream ends; made on the first call.
 	streamCtx    context.Context
@@ -201,6 +204,11 @@ func (rs *retryStream) open() error {
 		n = rs.loop.Attempt()
 	}
 	rs.attempt.Store(int32(n)) // an attempt the limiter or the breaker refuses counts too
+	if n > 1 {
+		rs.mu.Lock()
+		rs.stale = true
+		rs.mu.Unlock()
+	}
 	ctx := rs.ctx
 	if rs.c.limiter != nil {
 		if err := rs.c.throttle(ctx, rs.method); err != nil {
@@ -232,7 +240,7 @@ func (rs *retryStream) open() error {
 		return err
 	}
 	rs.mu.Lock()
-	rs.cur, rs.permit, rs.hasPermit, rs.broken = s, bp, rs.breaker != nil, false
+	rs.cur, rs.permit, rs.hasPermit, rs.broken, rs.stale = s, bp, rs.breaker != nil, false, false
 	sent, closedSend := rs.sent, rs.closedSend
 	rs.mu.Unlock()
 	if len(sent) == 0 {
@@ -525,9 +533,16 @@ func (rs *retryStream) report(err error) {
 	}
 }
 
-// fail ends an uncommitted stream that will not be retried.
+// fail ends an uncommitted stream that will not be retried. When err is
+// not the current attempt's (the next attempt was refused, or the wait for
+// it ended), the stream answers from then on as one that ended with err:
+// RecvMsg returns err again, and Trailer has nothing.
 func (rs *retryStream) fail(err error) {
 	rs.mu.Lock()
+	if rs.stale && !rs.committed.Load() {
+		// Not yet committed: nobody reads cur without mu.
+		rs.cur = endedStream{ClientStream: rs.cur, err: err}
+	}
 	rs.committed.Store(true)
 	rs.sent = nil
 	rs.mu.Unlock()
@@ -571,3 +586,17 @@ func (rs *retryStream) release() {
 		rs.cancelStream()
 	}
 }
+
+// endedStream stands for a retried stream that ended with err before a new
+// attempt opened: it answers as a stream that ended with err, with the
+// context of the attempt before.
+type endedStream struct {
+	grpc.ClientStream
+	err error
+}
+
+func (e endedStream) Header() (metadata.MD, error) { return nil, e.err }
+func (e endedStream) Trailer() metadata.MD         { return nil }
+func (e endedStream) CloseSend() error             { return nil }
+func (e endedStream) SendMsg(any) error            { return io.EOF }
+func (e endedStream) RecvMsg(any) error            { return e.err }
