@@ -267,3 +267,55 @@ func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
 	_, again := st.Recv()
 	require.Equal(t, r.err, again, "a second Recv returns the error that ended the stream")
 }
+
+// trailerUnavailable fails every server-streaming call trailers-only with
+// Unavailable and a trailer of its own.
+type trailerUnavailable struct {
+	testpb.UnimplementedTestServiceServer
+	calls atomic.Int32
+}
+
+func (s *trailerUnavailable) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
+	s.calls.Add(1)
+	ss.SetTrailer(metadata.Pairs("attempt", "first"))
+	return status.Error(codes.Unavailable, "restarting")
+}
+
+// The caller's context ends during the wait before a retry: the stream ends
+// with Canceled, no attempt's status, and answers so afterwards, without the
+// trailer or the status of the attempt before.
+func TestStreamEndedDuringRetryWaitAnswersAsCanceled(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &trailerUnavailable{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(3))))...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	rc := recvAsync(st)
+	clk.WaitForTimers(1) // RecvMsg saw attempt 1 fail and waits before attempt 2
+	cancel()
+	r := <-rc
+	requireCode(t, codes.Canceled, r.err)
+	require.Equal(t, int32(1), svc.calls.Load())
+	require.Empty(t, st.Trailer())
+	_, again := st.Recv()
+	require.EqualError(t, again, r.err.Error(), "a second Recv returns the error that ended the stream")
+}
+
+// Header on a stream that a refused retry ended gives nil, nil, as grpc-go's
+// Header does for any stream that ended with an error: RecvMsg tells it.
+func TestStreamHeaderAfterLocalRefusalIsNilNil(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	br := breaker.New("stream-refused-header")
+	svc := &trailerThenOpen{br: br}
+	c, _ := serve(t, "bufconn", svc, nil,
+		clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(2))), grpcmw.WithBreaker(br))...)
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	r := drive(clk, recvAsync(st))
+	require.ErrorIs(t, r.err, breaker.ErrOpen)
+	md, err := st.Header()
+	require.Nil(t, md)
+	require.NoError(t, err)
+}

@@ -188,6 +188,9 @@ func (rs *retryStream) again(err error, trailer metadata.MD) error {
 		rs.fail(err)
 		return err
 	}
+	rs.mu.Lock()
+	rs.stale = true // a next attempt replaces cur, or the stream ends without one
+	rs.mu.Unlock()
 	if !rs.loop.Wait() {
 		err = status.FromContextError(rs.ctx.Err()).Err()
 		rs.fail(err)
@@ -204,11 +207,6 @@ func (rs *retryStream) open() error {
 		n = rs.loop.Attempt()
 	}
 	rs.attempt.Store(int32(n)) // an attempt the limiter or the breaker refuses counts too
-	if n > 1 {
-		rs.mu.Lock()
-		rs.stale = true
-		rs.mu.Unlock()
-	}
 	ctx := rs.ctx
 	if rs.c.limiter != nil {
 		if err := rs.c.throttle(ctx, rs.method); err != nil {
@@ -595,7 +593,7 @@ type endedStream struct {
 	err error
 }
 
-func (e endedStream) Header() (metadata.MD, error) { return nil, e.err }
+func (e endedStream) Header() (metadata.MD, error) { return nil, nil } // as grpc-go's: RecvMsg tells
 func (e endedStream) Trailer() metadata.MD         { return nil }
 func (e endedStream) CloseSend() error             { return nil }
 func (e endedStream) SendMsg(any) error            { return io.EOF }
