@@ -40,26 +40,49 @@ func (h *headerOnRetry) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest
 }
 
 // Header called before RecvMsg, on a stream whose first attempt fails
-// trailers-only, gives nil, nil, as grpc-go's Header does for a stream that
-// ended without headers; once RecvMsg has retried the stream, Header called
-// again gives the headers of the attempt whose messages the caller gets.
-// (Header does not retry by itself: reading the ended attempt's status there
-// would race the caller's RecvMsg on the same grpc-go stream.)
+// trailers-only, retries the stream as grpc-go's Header does with its own
+// retry, and gives the headers of the attempt whose messages the caller then
+// gets; RecvMsg does not retry again.
 func TestStreamHeaderAcrossRetry(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
-	c, _ := serve(t, "bufconn", &headerOnRetry{}, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	svc := &headerOnRetry{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	type header struct {
+		md  metadata.MD
+		err error
+	}
+	hc := make(chan header, 1)
+	go func() {
+		md, err := st.Header()
+		hc <- header{md, err}
+	}()
+	h := drive(clk, hc) // the retry waits its backoff on clk
+	require.NoError(t, h.err)
+	require.Equal(t, []string{"2"}, h.md.Get("x-attempt"), "the headers of the retried attempt")
+
+	got, err := recvAll(st)
+	require.NoError(t, err)
+	require.Equal(t, []string{"ok"}, got)
+	require.Equal(t, 2, svc.calls, "one retry, made by Header")
+}
+
+// Header on a stream whose only attempt may not be retried (here the policy
+// allows one attempt) gives nil, nil, as grpc-go's does for a stream that
+// ended; RecvMsg then returns the attempt's status.
+func TestStreamHeaderWithoutRetryGivesNilThenRecvTheStatus(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &headerOnRetry{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(1))))...)
 	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
 	require.NoError(t, err)
 	md, err := st.Header()
 	require.NoError(t, err)
-	require.Nil(t, md, "the first attempt ended without headers")
-
-	r := drive(clk, recvAsync(st))
-	require.NoError(t, r.err, "the stream was retried")
-	require.Equal(t, []string{"ok"}, r.got)
-	md, err = st.Header()
-	require.NoError(t, err)
-	require.Equal(t, []string{"2"}, md.Get("x-attempt"), "the headers of the attempt whose messages the caller got")
+	require.Nil(t, md)
+	_, err = recvAll(st)
+	requireCode(t, codes.Unavailable, err)
+	require.Equal(t, 1, svc.calls)
 }
 
 // A server-streaming call's single request is always replayable, as the
@@ -187,9 +210,10 @@ func TestServerDeadlineExceededIsNotAnAttemptTimeout(t *testing.T) {
 }
 
 // Header beside RecvMsg on a stream whose first attempt ends trailers-only.
-// A version of Header that made the retry decision itself called RecvMsg on
-// the ended attempt while the caller's RecvMsg could still be inside RecvMsg
-// on the same grpc-go stream, which grpc-go forbids: the race detector saw
+// Either may retry the stream; each reads the ended attempt only under
+// recvMu, since grpc-go forbids two RecvMsg on one stream at once. A version
+// of Header that read it without did so while the caller's RecvMsg could
+// still be inside RecvMsg on the same grpc-go stream: the race detector saw
 // it, and one run in about 500 hung the caller's RecvMsg for good.
 func TestStreamHeaderBesideRecvOnTrailersOnlyAttempt(t *testing.T) {
 	clk := clock.NewFake(time.Time{})

@@ -55,8 +55,8 @@ import (
 // While uncommitted, the interceptor keeps every message SendMsg was given
 // (the message values themselves: grpc-go's contract already forbids changing
 // a message after SendMsg). When opening the stream fails, or when RecvMsg
-// fails before any response message has arrived, with a retryable code, it
-// waits as the retry policy says, opens a new stream, sends the kept messages
+// (or Header) finds it failed before any response message has arrived, with
+// a retryable code, it waits as the retry policy says, opens a new stream, sends the kept messages
 // again in order (and CloseSend if it had been called) and goes on reading
 // from the new stream. A server-streaming call's single request is always
 // replayable. The caller never sees a message twice, because no message was
@@ -115,6 +115,9 @@ type retryStream struct {
 	// retryMu is held while a failed attempt is replaced (RecvMsg) and while
 	// headers commit the stream (Header), so that the two never overlap.
 	retryMu sync.Mutex
+	// recvMu is held while an uncommitted stream's attempt is read, by
+	// RecvMsg or by Header's settle, so that no two read one attempt at once.
+	recvMu sync.Mutex
 
 	attempt      atomic.Int32 // the current attempt's number, for ReportAttempts
 	attemptsOnce sync.Once
@@ -305,25 +308,54 @@ func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 
 // Header waits for the current attempt's response headers; headers received
 // commit the stream to the attempt they came from, unless RecvMsg has
-// replaced that attempt since. An attempt that ended without headers
-// (trailers-only) gives nil, nil, as grpc-go's Header does for a stream that
-// ended so; when RecvMsg then retries the stream, Header called again returns
-// the new attempt's headers. An error ends a stream that will not be
+// replaced that attempt since. When the attempt ended without headers
+// (trailers-only) and the stream may still be retried, Header does what
+// RecvMsg would: it retries the stream, waiting as the policy says, and
+// returns the headers of the attempt that follows, or nil, nil when the
+// stream is not retried, as grpc-go's Header does for a stream that ended;
+// RecvMsg then returns its status. An error ends a stream that will not be
 // retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
-	s := rs.current()
-	md, err := s.Header()
-	switch {
-	case md != nil && !rs.committed.Load():
-		rs.retryMu.Lock()
-		if rs.current() == s {
-			rs.commit()
+	for {
+		s := rs.current()
+		md, err := s.Header()
+		switch {
+		case md != nil && !rs.committed.Load():
+			rs.retryMu.Lock()
+			if rs.current() == s {
+				rs.commit()
+			}
+			rs.retryMu.Unlock()
+		case err != nil && (!rs.retrying || rs.committed.Load()):
+			rs.end(err)
+		case md == nil && err == nil && rs.retrying && !rs.committed.Load():
+			if rs.settle(s) {
+				continue // a new attempt replaced s
+			}
 		}
-		rs.retryMu.Unlock()
-	case err != nil && (!rs.retrying || rs.committed.Load()):
-		rs.end(err)
+		return md, err
 	}
-	return md, err
+}
+
+// settle learns the status of attempt s, which ended without headers, and
+// retries or ends the stream as RecvMsg would; it reports whether a new
+// attempt replaced s. It holds recvMu, as RecvMsg does on an uncommitted
+// stream, so that the two never read one grpc-go stream at once.
+func (rs *retryStream) settle(s grpc.ClientStream) bool {
+	rs.recvMu.Lock()
+	defer rs.recvMu.Unlock()
+	if rs.current() != s {
+		return true // RecvMsg replaced it meanwhile
+	}
+	if rs.committed.Load() {
+		return false
+	}
+	// A stream that ended without headers has no message to decode (gRPC
+	// sends headers first), so RecvMsg returns its status at once and the
+	// target is never written.
+	var none struct{}
+	done, err := rs.recvAttempt(s, &none)
+	return !done && err == nil
 }
 
 // SendMsg sends m on the current attempt and keeps it for a replay while the
@@ -398,26 +430,43 @@ func (rs *retryStream) CloseSend() error {
 // fails before the first one.
 func (rs *retryStream) RecvMsg(m any) error {
 	for {
-		s := rs.current()
-		err := s.RecvMsg(m)
 		if rs.committed.Load() {
+			err := rs.current().RecvMsg(m)
 			rs.received(err)
 			return err
 		}
-		if err == nil {
-			rs.commit()
-			rs.received(nil)
-			return nil
-		}
-		if err == io.EOF {
-			rs.commit()
-			rs.end(nil)
-			return err
-		}
-		if err := rs.failed(s, err); err != nil {
+		rs.recvMu.Lock()
+		done, err := rs.recvAttempt(rs.current(), m)
+		rs.recvMu.Unlock()
+		if done {
 			return err
 		}
 	}
+}
+
+// recvAttempt receives into m from attempt s of a stream that was
+// uncommitted, with recvMu held. It reports whether RecvMsg is done, with
+// its result, or a new attempt replaced s.
+func (rs *retryStream) recvAttempt(s grpc.ClientStream, m any) (bool, error) {
+	err := s.RecvMsg(m)
+	if rs.committed.Load() {
+		rs.received(err)
+		return true, err
+	}
+	if err == nil {
+		rs.commit()
+		rs.received(nil)
+		return true, nil
+	}
+	if err == io.EOF {
+		rs.commit()
+		rs.end(nil)
+		return true, err
+	}
+	if err := rs.failed(s, err); err != nil {
+		return true, err
+	}
+	return false, nil
 }
 
 // failed handles err, the failure of attempt s before any response message:
