@@ -343,3 +343,65 @@ func TestStreamHeaderAfterLocalRefusalIsNilNil(t *testing.T) {
 	require.Nil(t, md)
 	require.NoError(t, err)
 }
+
+// headersThenEcho fails its first bidi call trailers-only; later calls send
+// headers, then wait for a request before they answer it.
+type headersThenEcho struct {
+	testpb.UnimplementedTestServiceServer
+	calls atomic.Int32
+}
+
+func (h *headersThenEcho) FullDuplexCall(ss testpb.TestService_FullDuplexCallServer) error {
+	if h.calls.Add(1) == 1 {
+		return status.Error(codes.Unavailable, "restarting")
+	}
+	if err := ss.SendHeader(metadata.Pairs("x-attempt", "2")); err != nil {
+		return err
+	}
+	req, err := ss.Recv()
+	if err != nil {
+		return err
+	}
+	return ss.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()})
+}
+
+// A bidi caller that reads in one goroutine and, in another, waits for the
+// headers before it sends: RecvMsg retries the stream and then waits for a
+// message, which the server sends only after the request, which the caller
+// sends only after Header. Header must not wait for RecvMsg to be done with
+// the new attempt, only for it to have replaced the old one.
+func TestStreamHeaderWhileRecvWaitsOnTheRetriedAttempt(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &headersThenEcho{}
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
+	// A deadline, so that a deadlock fails the test instead of hanging it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.FullDuplexCall(ctx)
+	require.NoError(t, err)
+	type recv struct {
+		body string
+		err  error
+	}
+	rc := make(chan recv, 1)
+	go func() {
+		m, err := st.Recv()
+		rc <- recv{string(m.GetPayload().GetBody()), err}
+	}()
+	clk.WaitForTimers(1) // Recv saw the first attempt fail and waits to retry
+	hc := make(chan error, 1)
+	var md metadata.MD
+	go func() {
+		var err error
+		if md, err = st.Header(); err == nil {
+			err = st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("ping")}})
+		}
+		hc <- err
+	}()
+	require.NoError(t, drive(clk, hc))
+	require.Equal(t, []string{"2"}, md.Get("x-attempt"))
+	r := <-rc
+	require.NoError(t, r.err)
+	require.Equal(t, "ping", r.body)
+	require.Equal(t, int32(2), svc.calls.Load())
+}

@@ -77,6 +77,7 @@ func (c *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cli
 		c: c, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts,
 		attempts: co.attempts,
 	}
+	rs.decided.L = &rs.mu
 	rs.breaker = c.breakerFor(cc, method)
 	if c.bulkhead != nil {
 		p, err := c.bulkhead.Acquire(ctx)
@@ -118,6 +119,9 @@ type retryStream struct {
 	// recvMu is held while an uncommitted stream's attempt is read, by
 	// RecvMsg or by Header's settle, so that no two read one attempt at once.
 	recvMu sync.Mutex
+	// decided is broadcast, under mu, when cur is replaced or the stream
+	// commits: what a Header waits for while another reads the attempt.
+	decided sync.Cond
 
 	attempt      atomic.Int32 // the current attempt's number, for ReportAttempts
 	attemptsOnce sync.Once
@@ -242,6 +246,7 @@ func (rs *retryStream) open() error {
 	}
 	rs.mu.Lock()
 	rs.cur, rs.permit, rs.hasPermit, rs.broken, rs.stale = s, bp, rs.breaker != nil, false, false
+	rs.decided.Broadcast()
 	sent, closedSend := rs.sent, rs.closedSend
 	rs.mu.Unlock()
 	if len(sent) == 0 {
@@ -339,10 +344,20 @@ func (rs *retryStream) Header() (metadata.MD, error) {
 
 // settle learns the status of attempt s, which ended without headers, and
 // retries or ends the stream as RecvMsg would; it reports whether a new
-// attempt replaced s. It holds recvMu, as RecvMsg does on an uncommitted
-// stream, so that the two never read one grpc-go stream at once.
+// attempt replaced s. It reads s under recvMu, as RecvMsg does on an
+// uncommitted stream, so that the two never read one grpc-go stream at once.
+// When recvMu is held, a RecvMsg (or another Header) is reading s or the
+// attempt after it and will decide: settle waits for that decision instead
+// of for recvMu, which a RecvMsg holds while it waits for a message.
 func (rs *retryStream) settle(s grpc.ClientStream) bool {
-	rs.recvMu.Lock()
+	if !rs.recvMu.TryLock() {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		for rs.cur == s && !rs.committed.Load() {
+			rs.decided.Wait()
+		}
+		return rs.cur != s
+	}
 	defer rs.recvMu.Unlock()
 	if rs.current() != s {
 		return true // RecvMsg replaced it meanwhile
@@ -528,6 +543,7 @@ func (rs *retryStream) refuse(err error) {
 	rs.mu.Lock()
 	rs.refused = err
 	rs.committed.Store(true)
+	rs.decided.Broadcast()
 	rs.sent = nil
 	bp, ok := rs.permit, rs.hasPermit
 	rs.permit, rs.hasPermit = breaker.Permit{}, false
@@ -552,6 +568,7 @@ func (rs *retryStream) commit() {
 	}
 	rs.sent, rs.sentBytes = nil, 0
 	rs.committed.Store(true)
+	rs.decided.Broadcast()
 	rs.mu.Unlock()
 	if rs.retrying {
 		rs.loop.Decide(nil)
@@ -588,9 +605,10 @@ func (rs *retryStream) fail(err error) {
 	rs.mu.Lock()
 	if rs.stale && !rs.committed.Load() {
 		// Not yet committed: nobody reads cur without mu.
-		rs.cur = endedStream{ClientStream: rs.cur, err: err}
+		rs.cur = &endedStream{ClientStream: rs.cur, err: err}
 	}
 	rs.committed.Store(true)
+	rs.decided.Broadcast()
 	rs.sent = nil
 	rs.mu.Unlock()
 	rs.setAttempts()
@@ -636,14 +654,15 @@ func (rs *retryStream) release() {
 
 // endedStream stands for a retried stream that ended with err before a new
 // attempt opened: it answers as a stream that ended with err, with the
-// context of the attempt before.
+// context of the attempt before. It is used by pointer, which Header compares
+// with the current stream whatever err's type.
 type endedStream struct {
 	grpc.ClientStream
 	err error
 }
 
-func (e endedStream) Header() (metadata.MD, error) { return nil, nil } // as grpc-go's: RecvMsg tells
-func (e endedStream) Trailer() metadata.MD         { return nil }
-func (e endedStream) CloseSend() error             { return nil }
-func (e endedStream) SendMsg(any) error            { return io.EOF }
-func (e endedStream) RecvMsg(any) error            { return e.err }
+func (e *endedStream) Header() (metadata.MD, error) { return nil, nil } // as grpc-go's: RecvMsg tells
+func (e *endedStream) Trailer() metadata.MD         { return nil }
+func (e *endedStream) CloseSend() error             { return nil }
+func (e *endedStream) SendMsg(any) error            { return io.EOF }
+func (e *endedStream) RecvMsg(any) error            { return e.err }
