@@ -110,14 +110,15 @@ type retryStream struct {
 	breaker   *breaker.Breaker
 	attempts  *int
 	retrying  bool
-	loop      retry.Loop // used by the goroutine that reads, and under retryMu
+	loop      retry.Loop // used under recvMu and retryMu (failed), and by commit once
 	stopWatch func() bool
 
-	// retryMu is held while a failed attempt is replaced (RecvMsg) and while
-	// headers commit the stream (Header), so that the two never overlap.
+	// retryMu is held while a failed attempt is replaced (RecvMsg, or
+	// Header's settle) and while headers commit the stream (Header), so that
+	// the two never overlap.
 	retryMu sync.Mutex
-	// recvMu is held while an uncommitted stream's attempt is read, by
-	// RecvMsg or by Header's settle, so that no two read one attempt at once.
+	// recvMu is held while an attempt is read, by RecvMsg or by Header's
+	// settle, so that no two read one grpc-go stream at once.
 	recvMu sync.Mutex
 	// decided is broadcast, under mu, when cur is replaced or the stream
 	// commits: what a Header waits for while another reads the attempt.
@@ -318,8 +319,9 @@ func (rs *retryStream) Trailer() metadata.MD { return rs.current().Trailer() }
 // RecvMsg would: it retries the stream, waiting as the policy says, and
 // returns the headers of the attempt that follows, or nil, nil when the
 // stream is not retried, as grpc-go's Header does for a stream that ended;
-// RecvMsg then returns its status. An error ends a stream that will not be
-// retried, as grpc-go's does.
+// RecvMsg then returns its status. When RecvMsg is the one retrying, Header
+// waits for it to replace the attempt, then for the new attempt's headers.
+// An error ends a stream that will not be retried, as grpc-go's does.
 func (rs *retryStream) Header() (metadata.MD, error) {
 	for {
 		s := rs.current()
@@ -442,18 +444,19 @@ func (rs *retryStream) CloseSend() error {
 }
 
 // RecvMsg receives the next response message, retrying the stream when it
-// fails before the first one.
+// fails before the first one. It holds recvMu throughout, so that Header's
+// settle never reads an attempt beside it, even one a refused SendMsg
+// committed meanwhile.
 func (rs *retryStream) RecvMsg(m any) error {
+	rs.recvMu.Lock()
+	defer rs.recvMu.Unlock()
 	for {
 		if rs.committed.Load() {
 			err := rs.current().RecvMsg(m)
 			rs.received(err)
 			return err
 		}
-		rs.recvMu.Lock()
-		done, err := rs.recvAttempt(rs.current(), m)
-		rs.recvMu.Unlock()
-		if done {
+		if done, err := rs.recvAttempt(rs.current(), m); done {
 			return err
 		}
 	}
