@@ -352,27 +352,43 @@ func (rs *retryStream) Header() (metadata.MD, error) {
 // attempt after it and will decide: settle waits for that decision instead
 // of for recvMu, which a RecvMsg holds while it waits for a message.
 func (rs *retryStream) settle(s grpc.ClientStream) bool {
-	if !rs.recvMu.TryLock() {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		for rs.cur == s && !rs.committed.Load() {
-			rs.decided.Wait()
+	// recvMu is tried under mu, so that a holder that lets go of it without
+	// deciding (it panicked) and then broadcasts cannot be missed.
+	rs.mu.Lock()
+	for !rs.recvMu.TryLock() {
+		if rs.cur != s || rs.committed.Load() {
+			replaced := rs.cur != s
+			rs.mu.Unlock()
+			return replaced
 		}
-		return rs.cur != s
+		rs.decided.Wait()
 	}
-	defer rs.recvMu.Unlock()
-	if rs.current() != s {
-		return true // RecvMsg replaced it meanwhile
+	rs.mu.Unlock()
+	returned := false // still false when the read panicked
+	defer func() { rs.unlockRecv(!returned) }()
+	replaced := rs.current() != s // RecvMsg replaced it meanwhile
+	if !replaced && !rs.committed.Load() {
+		// A stream that ended without headers has no message to decode
+		// (gRPC sends headers first), so RecvMsg returns its status at once
+		// and the target is never written.
+		var none struct{}
+		done, err := rs.recvAttempt(s, &none)
+		replaced = !done && err == nil
 	}
-	if rs.committed.Load() {
-		return false
+	returned = true
+	return replaced
+}
+
+// unlockRecv releases recvMu. After a read that panicked, and so did not
+// decide on the attempt, it also wakes the Headers waiting for that
+// decision, so that they try recvMu again.
+func (rs *retryStream) unlockRecv(panicked bool) {
+	rs.recvMu.Unlock()
+	if panicked {
+		rs.mu.Lock()
+		rs.decided.Broadcast()
+		rs.mu.Unlock()
 	}
-	// A stream that ended without headers has no message to decode (gRPC
-	// sends headers first), so RecvMsg returns its status at once and the
-	// target is never written.
-	var none struct{}
-	done, err := rs.recvAttempt(s, &none)
-	return !done && err == nil
 }
 
 // SendMsg sends m on the current attempt and keeps it for a replay while the
@@ -449,14 +465,17 @@ func (rs *retryStream) CloseSend() error {
 // committed meanwhile.
 func (rs *retryStream) RecvMsg(m any) error {
 	rs.recvMu.Lock()
-	defer rs.recvMu.Unlock()
+	returned := false // still false when the read panicked
+	defer func() { rs.unlockRecv(!returned) }()
 	for {
 		if rs.committed.Load() {
 			err := rs.current().RecvMsg(m)
 			rs.received(err)
+			returned = true
 			return err
 		}
 		if done, err := rs.recvAttempt(rs.current(), m); done {
+			returned = true
 			return err
 		}
 	}

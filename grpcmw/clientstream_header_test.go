@@ -2,6 +2,8 @@ package grpcmw_test
 
 import (
 	"context"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/bulwark-go/bulwark/clock"
 	"github.com/bulwark-go/bulwark/grpcmw"
+	"github.com/bulwark-go/bulwark/retry"
 )
 
 // attemptGate is a stream client interceptor placed inside grpcmw's, so that
@@ -241,4 +244,106 @@ func TestStreamHeaderSettleAndRecvNeverReadOneAttemptAtOnce(t *testing.T) {
 	require.NoError(t, <-hc)
 	requireCode(t, codes.Unavailable, rerr)
 	require.LessOrEqual(t, g.maxConcurrentRecv(), int32(1), "two RecvMsg at once on attempt 1's grpc-go stream")
+}
+
+// waitBlockedIn returns once some goroutine is blocked (not running or
+// runnable) with frame on its stack, or fails the test after a few seconds.
+func waitBlockedIn(t *testing.T, frame string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			head, _, _ := strings.Cut(g, "\n")
+			if strings.Contains(g, frame) && !strings.Contains(head, "[running") && !strings.Contains(head, "[runnable") {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("no goroutine blocked in %s", frame)
+}
+
+// A RecvMsg that panics while it holds recvMu on an uncommitted stream —
+// here the retry policy's OnRetry hook, the caller's own callback, panics
+// during the backoff, and the caller recovers (as net/http does for a
+// handler) — neither replaces the attempt nor commits the stream. A Header
+// waiting in settle for that RecvMsg's decision must still wake, and try
+// recvMu again, rather than wait until some later RecvMsg decides.
+func TestStreamHeaderNotStuckAfterRecvMsgPanics(t *testing.T) {
+	clk := clock.NewFake(time.Time{})
+	svc := &service{stream: func(n int, send func(string) error) error {
+		if n == 1 {
+			return status.Error(codes.Unavailable, "restarting")
+		}
+		return send("ok")
+	}}
+	inHook := make(chan struct{})
+	panicNow := make(chan struct{})
+	var hookOnce sync.Once
+	pol := newRetry(clk, retry.WithOnRetry(func(int, error, time.Duration) {
+		first := false
+		hookOnce.Do(func() { first = true })
+		if first {
+			close(inHook)
+			<-panicNow
+			panic("onRetry hook")
+		}
+	}))
+	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(pol))...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+
+	recovered := make(chan any, 1)
+	go func() {
+		defer func() { recovered <- recover() }()
+		_, _ = st.Recv()
+	}()
+	<-inHook // RecvMsg holds recvMu, attempt 1 failed, not yet replaced
+
+	type header struct {
+		md  metadata.MD
+		err error
+	}
+	hc := make(chan header, 1)
+	go func() {
+		md, err := st.Header()
+		hc <- header{md, err}
+	}()
+	// Header saw attempt 1 end without headers, found recvMu held and waits
+	// on decided for the RecvMsg to decide.
+	waitBlockedIn(t, "grpcmw.(*retryStream).settle")
+	close(panicNow)
+	require.Equal(t, "onRetry hook", <-recovered)
+
+	// Header should now return (nil, nil, or attempt 2's headers after a
+	// retry it makes itself, whose backoff the fake clock is advanced past).
+	deadline := time.After(5 * time.Second)
+	for {
+		timers := waitTimers(clk)
+		select {
+		case h := <-hc:
+			clk.NewTimer(time.Hour) // lets waitTimers end
+			<-timers
+			require.NoError(t, h.err)
+			return
+		case <-timers:
+			clk.Advance(time.Second)
+			continue
+		case <-deadline:
+			clk.NewTimer(time.Hour)
+			<-timers
+			t.Error("Header still waits after the RecvMsg that held recvMu panicked")
+		}
+		break
+	}
+	// Unstick Header for the goroutine-leak check: a second RecvMsg on an
+	// ended context decides (fails the stream) and broadcasts.
+	cancel()
+	_, err = st.Recv()
+	requireCode(t, codes.Canceled, err)
+	<-hc
 }
