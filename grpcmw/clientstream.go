@@ -56,9 +56,10 @@ import (
 // (the message values themselves: grpc-go's contract already forbids changing
 // a message after SendMsg). When opening the stream fails, or when RecvMsg
 // (or Header) finds it failed before any response message has arrived, with
-// a retryable code, it waits as the retry policy says, opens a new stream, sends the kept messages
-// again in order (and CloseSend if it had been called) and goes on reading
-// from the new stream. A server-streaming call's single request is always
+// a retryable code, it waits as the retry policy says, opens a new stream,
+// sends the kept messages again in order (and CloseSend if it had been
+// called) and goes on reading from the new stream. A server-streaming call's
+// single request is always
 // replayable. The caller never sees a message twice, because no message was
 // delivered from an attempt that is given up; nor does it lose one it sent.
 //
@@ -346,8 +347,8 @@ func (rs *retryStream) Header() (metadata.MD, error) {
 
 // settle learns the status of attempt s, which ended without headers, and
 // retries or ends the stream as RecvMsg would; it reports whether a new
-// attempt replaced s. It reads s under recvMu, as RecvMsg does on an
-// uncommitted stream, so that the two never read one grpc-go stream at once.
+// attempt replaced s. It reads s under recvMu, as RecvMsg reads, so that the
+// two never read one grpc-go stream at once.
 // When recvMu is held, a RecvMsg (or another Header) is reading s or the
 // attempt after it and will decide: settle waits for that decision instead
 // of for recvMu, which a RecvMsg holds while it waits for a message.
