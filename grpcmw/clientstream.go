@@ -59,9 +59,9 @@ import (
 // a retryable code, it waits as the retry policy says, opens a new stream,
 // sends the kept messages again in order (and CloseSend if it had been
 // called) and goes on reading from the new stream. A server-streaming call's
-// single request is always
-// replayable. The caller never sees a message twice, because no message was
-// delivered from an attempt that is given up; nor does it lose one it sent.
+// single request is always replayable. The caller never sees a message
+// twice, because no message was delivered from an attempt that is given up;
+// nor does it lose one it sent.
 //
 // A SendMsg that finds the attempt's stream already ended by the server
 // (io.EOF) is kept and reported as sent, as grpc-go's SendMsg does not promise
