@@ -49,16 +49,7 @@ func TestStreamHeaderAcrossRetry(t *testing.T) {
 	c, _ := serve(t, "bufconn", svc, nil, clientOpts(grpcmw.WithRetry(newRetry(clk)))...)
 	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
 	require.NoError(t, err)
-	type header struct {
-		md  metadata.MD
-		err error
-	}
-	hc := make(chan header, 1)
-	go func() {
-		md, err := st.Header()
-		hc <- header{md, err}
-	}()
-	h := drive(clk, hc) // the retry waits its backoff on clk
+	h := drive(clk, headerAsync(st)) // the retry waits its backoff on clk
 	require.NoError(t, h.err)
 	require.Equal(t, []string{"2"}, h.md.Get("x-attempt"), "the headers of the retried attempt")
 
@@ -274,7 +265,8 @@ func (s *trailerThenOpen) StreamingOutputCall(_ *testpb.StreamingOutputCallReque
 // A retry the client refuses itself (here its breaker) ends the stream with
 // that refusal, which no server sent: Trailer then returns no trailer, and
 // RecvMsg the refusal again, not the trailer and the status of the attempt
-// before, which the caller never saw.
+// before, which the caller never saw. Header gives nil, nil, as grpc-go's
+// Header does for any stream that ended with an error: RecvMsg tells it.
 func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
 	br := breaker.New("stream-refused")
@@ -290,6 +282,9 @@ func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
 	require.Empty(t, st.Trailer())
 	_, again := st.Recv()
 	require.Equal(t, r.err, again, "a second Recv returns the error that ended the stream")
+	md, err := st.Header()
+	require.Nil(t, md)
+	require.NoError(t, err)
 }
 
 // trailerUnavailable fails every server-streaming call trailers-only with
@@ -325,23 +320,6 @@ func TestStreamEndedDuringRetryWaitAnswersAsCanceled(t *testing.T) {
 	require.Empty(t, st.Trailer())
 	_, again := st.Recv()
 	require.EqualError(t, again, r.err.Error(), "a second Recv returns the error that ended the stream")
-}
-
-// Header on a stream that a refused retry ended gives nil, nil, as grpc-go's
-// Header does for any stream that ended with an error: RecvMsg tells it.
-func TestStreamHeaderAfterLocalRefusalIsNilNil(t *testing.T) {
-	clk := clock.NewFake(time.Time{})
-	br := breaker.New("stream-refused-header")
-	svc := &trailerThenOpen{br: br}
-	c, _ := serve(t, "bufconn", svc, nil,
-		clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(2))), grpcmw.WithBreaker(br))...)
-	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
-	require.NoError(t, err)
-	r := drive(clk, recvAsync(st))
-	require.ErrorIs(t, r.err, breaker.ErrOpen)
-	md, err := st.Header()
-	require.Nil(t, md)
-	require.NoError(t, err)
 }
 
 // headersThenEcho fails its first bidi call trailers-only; later calls send

@@ -21,6 +21,23 @@ import (
 	"github.com/bulwark-go/bulwark/retry"
 )
 
+// header is what Header returned.
+type header struct {
+	md  metadata.MD
+	err error
+}
+
+// headerAsync calls st.Header in a goroutine of its own and sends its result
+// on the returned channel.
+func headerAsync(st interface{ Header() (metadata.MD, error) }) <-chan header {
+	hc := make(chan header, 1)
+	go func() {
+		md, err := st.Header()
+		hc <- header{md, err}
+	}()
+	return hc
+}
+
 // attemptGate is a stream client interceptor placed inside grpcmw's, so that
 // it sees each attempt's grpc-go stream. It lets a test stop the retrying
 // stream's goroutines at chosen points of one attempt (a goroutine preempted
@@ -155,15 +172,7 @@ func TestStreamHeaderNotStuckBehindRecvOnNextAttempt(t *testing.T) {
 
 	rc := recvAsync(st) // fails on attempt 1 and waits the backoff holding recvMu
 	clk.WaitForTimers(1)
-	type header struct {
-		md  metadata.MD
-		err error
-	}
-	hc := make(chan header, 1)
-	go func() {
-		md, err := st.Header()
-		hc <- header{md, err}
-	}()
+	hc := headerAsync(st)
 	<-hdr1 // Header saw attempt 1 end without headers
 	clk.Advance(time.Second)
 	<-recv2 // RecvMsg opened attempt 2 and waits for its first message
@@ -304,15 +313,7 @@ func TestStreamHeaderNotStuckAfterRecvMsgPanics(t *testing.T) {
 	}()
 	<-inHook // RecvMsg holds recvMu, attempt 1 failed, not yet replaced
 
-	type header struct {
-		md  metadata.MD
-		err error
-	}
-	hc := make(chan header, 1)
-	go func() {
-		md, err := st.Header()
-		hc <- header{md, err}
-	}()
+	hc := headerAsync(st)
 	// Header saw attempt 1 end without headers, found recvMu held and waits
 	// on decided for the RecvMsg to decide.
 	waitBlockedIn(t, "grpcmw.(*retryStream).settle")
