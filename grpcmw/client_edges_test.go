@@ -246,19 +246,21 @@ func recvAsync(st interface {
 	return rc
 }
 
-// trailerThenOpen fails every server-streaming call trailers-only with
-// Unavailable and a trailer of its own, and forces br open on the way, so
-// that the client's retry is refused before it reaches the network.
-type trailerThenOpen struct {
+// trailerUnavailable fails every server-streaming call trailers-only with
+// Unavailable and a trailer of its own. With br, it forces br open on the
+// way, so that the client's retry is refused before it reaches the network.
+type trailerUnavailable struct {
 	testpb.UnimplementedTestServiceServer
 	br    *breaker.Breaker
 	calls atomic.Int32
 }
 
-func (s *trailerThenOpen) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
+func (s *trailerUnavailable) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
 	s.calls.Add(1)
 	ss.SetTrailer(metadata.Pairs("attempt", "first"))
-	s.br.ForceOpen()
+	if s.br != nil {
+		s.br.ForceOpen()
+	}
 	return status.Error(codes.Unavailable, "restarting")
 }
 
@@ -270,7 +272,7 @@ func (s *trailerThenOpen) StreamingOutputCall(_ *testpb.StreamingOutputCallReque
 func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
 	clk := clock.NewFake(time.Time{})
 	br := breaker.New("stream-refused")
-	svc := &trailerThenOpen{br: br}
+	svc := &trailerUnavailable{br: br}
 	c, _ := serve(t, "bufconn", svc, nil,
 		clientOpts(grpcmw.WithRetry(newRetry(clk, retry.WithMaxAttempts(2))), grpcmw.WithBreaker(br))...)
 	st, err := c.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
@@ -285,19 +287,6 @@ func TestStreamTrailerAfterLocalRefusalIsEmpty(t *testing.T) {
 	md, err := st.Header()
 	require.Nil(t, md)
 	require.NoError(t, err)
-}
-
-// trailerUnavailable fails every server-streaming call trailers-only with
-// Unavailable and a trailer of its own.
-type trailerUnavailable struct {
-	testpb.UnimplementedTestServiceServer
-	calls atomic.Int32
-}
-
-func (s *trailerUnavailable) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, ss testpb.TestService_StreamingOutputCallServer) error {
-	s.calls.Add(1)
-	ss.SetTrailer(metadata.Pairs("attempt", "first"))
-	return status.Error(codes.Unavailable, "restarting")
 }
 
 // The caller's context ends during the wait before a retry: the stream ends
